@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages passtcore needs to build, test and benchmark.
+# Idempotent: packages already present are skipped quickly by apt.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(
+  # build
+  python3 python3-venv python3-dev gcc g++ make git
+  # guests and peers used by tests, the demo and benchmarks
+  iproute2 iputils-ping busybox-static udhcpc isc-dhcp-client curl iperf3 ethtool
+  qemu-system-x86 tshark passt slirp4netns procps psmisc kmod
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "passtcore: installing Debian packages: ${missing[*]}"
+  # tshark asks whether non-root users may capture; answer 'no' without a prompt.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "passtcore: system packages ready"

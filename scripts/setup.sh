@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up passtcore for development on Debian 12 (as root): system packages, a
+# virtualenv in .venv, and an editable install that compiles the Cython kernels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-system-deps.sh
+if [ ! -x .venv/bin/python ]; then
+  echo "passtcore: creating .venv"
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+echo "passtcore: building and installing (editable, with test/bench/sidecar extras)"
+.venv/bin/python -m pip install -q -e ".[test,bench,sidecar]"
+.venv/bin/python -c "import passtcore; print('passtcore: backend =', passtcore.backend)"
