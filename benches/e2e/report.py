@@ -1,0 +1,117 @@
+"""The side-by-side table (values, then ratios to pasta and to veth).
+
+Rows are metrics, columns translators.  A ratio is ``value / reference``; for
+throughput and connections/s higher is better, for latency and memory lower
+is better.  Missing or failed cells print ``-`` / ``failed`` and the reasons
+are listed under the table, one per translator status line.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+MTUS = (65520, 1500)
+STREAMS = (1, 4)
+
+
+def iperf_key(mtu: int, streams: int, reverse: bool) -> str:
+    return f"tcp_{'h2g' if reverse else 'g2h'}_P{streams}_mtu{mtu}"
+
+
+def iperf_label(mtu: int, streams: int, reverse: bool) -> str:
+    way = "host->guest" if reverse else "guest->host"
+    return f"TCP {way} P{streams} MTU {mtu} (Gbit/s)"
+
+
+def _rows() -> list[tuple[str, str, Callable[[dict], float | None]]]:
+    """(key, label, getter over a translator result) for every table row."""
+    rows: list[tuple[str, str, Callable[[dict], float | None]]] = []
+    for mtu in MTUS:
+        for streams in STREAMS:
+            for reverse in (False, True):
+                key = iperf_key(mtu, streams, reverse)
+                rows.append((key, iperf_label(mtu, streams, reverse),
+                             lambda r, k=key: _get(r, k, "bits_per_second", 1e-9)))
+    rows.append(("stalled", "stalled 1-s intervals, all iperf3 runs", _stalled_total))
+    rows.append(("latency_p50", "TCP 1-byte RTT p50 (us)", lambda r: _get(r, "latency", "p50_us")))
+    rows.append(("latency_p99", "TCP 1-byte RTT p99 (us)", lambda r: _get(r, "latency", "p99_us")))
+    rows.append(("cps", "TCP connect+close per second", lambda r: _get(r, "cps", "per_second")))
+    rows.append(("rss", "translator VmRSS after runs (MiB)", lambda r: _mem(r, "VmRSS")))
+    rows.append(("hwm", "translator VmHWM, peak (MiB)", lambda r: _mem(r, "VmHWM")))
+    return rows
+
+
+def _get(res: dict, key: str, field: str, scale: float = 1.0) -> float | None:
+    m = res.get("metrics", {}).get(key)
+    if not m or field not in m:
+        return None
+    return float(m[field]) * scale
+
+
+def _stalled_total(res: dict) -> float | None:
+    vals = [m["stalled_seconds"] for k, m in res.get("metrics", {}).items()
+            if k.startswith("tcp_") and "stalled_seconds" in m]
+    return float(sum(vals)) if vals else None
+
+
+def _mem(res: dict, key: str) -> float | None:
+    mem = res.get("memory_kib", {})
+    kib = mem.get("max_hwm") if key == "VmHWM" else mem.get(str(MTUS[0]), {}).get(key)
+    return kib / 1024.0 if kib else None
+
+
+def _fmt(key: str, v: float | None) -> str:
+    if v is None:
+        return "-"
+    if key.startswith("tcp_"):
+        return f"{v:.2f}"
+    if key in ("stalled", "cps"):
+        return f"{v:.0f}"
+    return f"{v:.1f}"
+
+
+def _cell(res: dict, key: str, v: float | None) -> str:
+    # latency_p50/latency_p99 come from the one "latency" measurement.
+    if v is None and key.split("_p")[0] in res.get("errors", {}):
+        return "failed"
+    return _fmt(key, v)
+
+
+def render(results: dict[str, dict]) -> str:
+    names = list(results)
+    rows = _rows()
+    label_w = max(len(label) for _, label, _ in rows) + 2
+    col_w = max(12, *(len(n) + 2 for n in names))
+    out = []
+    out.append("".ljust(label_w) + "".join(n.rjust(col_w) for n in names))
+    for key, label, get in rows:
+        out.append(label.ljust(label_w) + "".join(
+            _cell(results[n], key, get(results[n])).rjust(col_w) for n in names))
+
+    refs = [r for r in ("pasta", "veth") if r in results]
+    # x/pasta for every x but veth (veth/pasta is just 1/(pasta/veth)), x/veth for every x.
+    pairs = [(n, ref) for ref in refs for n in names if n != ref and not (ref == "pasta" and n == "veth")]
+    if pairs:
+        out.append("")
+        out.append("ratios (value / reference; >1 = more throughput/conn/s, or more latency/memory)")
+        heads = [f"{n}/{ref}" for n, ref in pairs]
+        w = max(12, *(len(h) + 2 for h in heads))
+        out.append("".ljust(label_w) + "".join(h.rjust(w) for h in heads))
+        for key, label, get in rows:
+            cells = []
+            for n, ref in pairs:
+                a, b = get(results[n]), get(results[ref])
+                cells.append(f"{a / b:.2f}" if a is not None and b else "-")
+            out.append(label.ljust(label_w) + "".join(c.rjust(w) for c in cells))
+
+    out.append("")
+    for n in names:
+        res = results[n]
+        line = f"{n}: {res.get('status', '?')}"
+        if res.get("pids"):
+            line += " (pid " + ", ".join(f"{p} at MTU {m}" for m, p in res["pids"].items()) + ")"
+        out.append(line)
+        for key, reason in res.get("errors", {}).items():
+            out.append(f"    {key}: failed: {reason}")
+        for note in res.get("notes", []):
+            out.append(f"    note: {note}")
+    return "\n".join(out)

@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""End-to-end network benchmark: passtcore-run vs pasta vs slirp4netns vs veth.
+
+    .venv/bin/python benches/e2e/run.py [--quick] [--only NAME,...] [--json OUT]
+
+For each translator, in its own fresh set of namespaces (see netenv.py), a
+guest namespace reaches servers in a private "host" namespace through the
+translator, and we measure:
+
+- iperf3 TCP throughput guest->host and host->guest (-R), 1 and 4 streams,
+  guest MTU 65520 and 1500 (iperf3 -J JSON), plus "stalled seconds": 1-second
+  receiver intervals that carried 0 bytes;
+- TCP request/response latency p50/p99 (1-byte ping-pong, one connection);
+- TCP connections per second (connect+close loop for a fixed time);
+- the translator's VmRSS after the runs and its VmHWM (/proc/PID/status).
+
+The results print as one table with ratios to pasta and to veth and are saved
+as JSON.  A translator that fails (to start, or in one test) gets "failed:
+reason" and the run goes on with the rest.  Run as root; nothing leaves the
+namespaces the benchmark creates, and everything is removed on exit, Ctrl-C
+or SIGTERM included.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import measure  # noqa: E402
+from measure import MeasureFailed  # noqa: E402
+from netenv import EnvError, make_env  # noqa: E402
+from report import MTUS, STREAMS, iperf_key, render  # noqa: E402
+from translators import ALL, TranslatorFailed, read_mem_kib  # noqa: E402
+
+ALIASES = {"passtcore-run": "passtcore", "slirp": "slirp4netns"}
+
+
+def _config(quick: bool) -> dict:
+    if quick:
+        return {"iperf_seconds": 3, "latency_seconds": 2.0, "latency_rounds": 20000, "cps_seconds": 2.0}
+    return {"iperf_seconds": 10, "latency_seconds": 5.0, "latency_rounds": 50000, "cps_seconds": 5.0}
+
+
+def bench_one(name: str, cfg: dict, logdir: str) -> dict:
+    """Everything for one translator; never raises EnvError/MeasureFailed.
+
+    Each guest MTU gets a fresh set of namespaces and a translator started for
+    that MTU (as a user would configure it).  Latency and connection rate run
+    in the MTU 65520 world after its iperf3 runs; the memory row reports that
+    process's VmRSS after all of them, VmHWM is the peak over both processes.
+    """
+    res: dict = {"status": "ok", "metrics": {}, "errors": {}, "notes": [], "memory_kib": {}, "pids": {}}
+    t0 = time.monotonic()
+    for mtu in MTUS:
+        failure = bench_mtu(name, mtu, cfg, logdir, res)
+        if failure:
+            res["status"] = f"failed: {failure}"
+            if mtu == MTUS[0]:
+                # A translator that cannot start or dies in the first world will not
+                # do better in the second: mark the remaining tests and move on.
+                for key in _all_keys():
+                    if key not in res["metrics"]:
+                        res["errors"].setdefault(key, "not run")
+                break
+    hwm = [m.get("VmHWM", 0) for m in res["memory_kib"].values()]
+    if hwm and max(hwm):
+        res["memory_kib"]["max_hwm"] = max(hwm)
+    if res["status"] == "ok" and res["errors"] and not res["metrics"]:
+        first = next(iter(res["errors"].items()))
+        res["status"] = f"failed: every test failed (first, {first[0]}: {first[1]})"
+    elif res["status"] == "ok" and res["errors"]:
+        res["status"] = f"partial: {len(res['errors'])} test(s) failed"
+    res["pid"] = res["pids"].get(str(MTUS[0]))
+    res["wall_seconds"] = round(time.monotonic() - t0, 1)
+    return res
+
+
+def _all_keys() -> list[str]:
+    keys = [iperf_key(m, s, r) for m in MTUS for s in STREAMS for r in (False, True)]
+    return keys + ["latency", "cps"]
+
+
+def bench_mtu(name: str, mtu: int, cfg: dict, logdir: str, res: dict) -> str | None:
+    """One fresh world at guest MTU ``mtu``; fills ``res``; returns a failure reason or None."""
+    tr = ALL[name]
+    with make_env() as env:
+        try:
+            link = tr.start(env, mtu, logdir)
+        except (TranslatorFailed, EnvError, OSError) as exc:
+            return f"start (MTU {mtu}): {exc}"
+        if link.pid:
+            res["pids"][str(mtu)] = link.pid
+        for note in link.notes:
+            if note not in res["notes"]:
+                res["notes"].append(note)
+        try:
+            budget = 120 + len(STREAMS) * 2 * (cfg["iperf_seconds"] + 25) + 2 * 60
+            measure.start_servers(env, link, max_seconds=budget)
+        except EnvError as exc:
+            return f"servers (MTU {mtu}): {exc}"
+
+        def attempt(key: str, fn) -> None:
+            if not link.alive():
+                res["errors"][key] = link.exit_reason()
+                return
+            print(f"  {name}: {key} ...", end="", flush=True, file=sys.stderr)
+            try:
+                res["metrics"][key] = fn()
+                print(" ok", file=sys.stderr)
+            except (MeasureFailed, EnvError) as exc:
+                res["errors"][key] = str(exc)
+                print(f" failed: {exc}", file=sys.stderr)
+
+        for streams in STREAMS:
+            for reverse in (False, True):
+                attempt(iperf_key(mtu, streams, reverse),
+                        lambda s=streams, r=reverse: measure.iperf(env, link, cfg["iperf_seconds"], s, r))
+        if mtu == MTUS[0]:
+            attempt("latency", lambda: measure.latency(env, link, cfg["latency_seconds"], cfg["latency_rounds"]))
+            attempt("cps", lambda: measure.cps(env, link, cfg["cps_seconds"]))
+        if link.pid:
+            res["memory_kib"][str(mtu)] = read_mem_kib(link.pid)
+        if not link.alive():
+            return link.exit_reason()
+    return None
+
+
+def _versions() -> dict:
+    def first_line(argv: list[str]) -> str:
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return ((r.stdout or r.stderr).strip().splitlines() or [""])[0]
+        except (OSError, subprocess.TimeoutExpired):
+            return "unavailable"
+    try:
+        import passtcore
+        backend = passtcore.backend
+    except Exception as exc:  # the kernels may be mid-rewrite; the bench still runs
+        backend = f"unavailable ({type(exc).__name__})"
+    return {"iperf3": first_line(["iperf3", "--version"]),
+            "slirp4netns": first_line(["slirp4netns", "--version"]),
+            "pasta": first_line(["dpkg-query", "-W", "-f=${Version}", "passt"]),
+            "passtcore_backend": backend}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="passtcore end-to-end benchmark")
+    p.add_argument("--quick", action="store_true", help="3 s per iperf3 test (about 2 minutes)")
+    p.add_argument("--only", default="", help="comma-separated: " + ",".join(ALL))
+    p.add_argument("--json", dest="json_out", default="", help="write results to this JSON file")
+    a = p.parse_args(argv)
+    names = [ALIASES.get(n.strip(), n.strip()) for n in a.only.split(",") if n.strip()] or list(ALL)
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        p.error(f"unknown translator(s) {unknown}; choose from {','.join(ALL)}")
+    a.names = [n for n in ALL if n in names]  # canonical order
+    return a
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if os.geteuid() != 0:
+        print("run.py: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    cfg = _config(a.quick)
+    logdir = tempfile.mkdtemp(prefix="passtcore-e2e-")
+    doc = {"meta": {"started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "quick": a.quick, "config": cfg, "kernel": platform.release(),
+                    "cpus": os.cpu_count(), "versions": _versions(), "logdir": logdir},
+           "translators": {}}
+    interrupted = False
+    try:
+        for name in a.names:
+            print(f"== {name}", file=sys.stderr, flush=True)
+            doc["translators"][name] = bench_one(name, cfg, logdir)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: namespaces and processes cleaned up; partial results follow", file=sys.stderr)
+    doc["meta"]["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if doc["translators"]:
+        print(render(doc["translators"]))
+    if a.json_out:
+        with open(a.json_out, "w") as f:
+            json.dump(doc, f, indent=2)
+        print(f"\nJSON: {a.json_out}")
+    failed = any(not r["status"].startswith("ok") for r in doc["translators"].values())
+    if failed:
+        print(f"logs: {logdir}")
+    else:
+        shutil.rmtree(logdir, ignore_errors=True)
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

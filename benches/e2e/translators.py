@@ -1,0 +1,218 @@
+"""The four ways of connecting the guest namespace that the benchmark compares.
+
+Each ``Translator.start(env, mtu)`` returns a ``Link``: the translator process
+(if any, for its RSS), the guest interface, the address the guest dials to
+reach the host ns's servers, and the address those servers bind to.
+
+- ``passtcore``: our daemon in namespace mode, ``passtcore-run --netns``.  The
+  gateway address 192.0.2.1 maps to the host ns's 127.0.0.1 (passt's
+  "gateway = host" rule), so servers bind 127.0.0.1.  If the daemon does not
+  configure the guest interface itself, the benchmark gives it the address
+  and route DHCP would hand out (192.0.2.2/24 via 192.0.2.1).
+- ``pasta``: Debian's pasta, the same mapping; ``--runas 0`` because we are
+  root (otherwise it switches to nobody and cannot open the netns), ``-f`` so
+  the PID we hold is pasta's, no ``--debug`` (it crashes with it), all
+  automatic port forwarding off so traffic takes the tap path, not splice.
+- ``slirp4netns``: guest 10.0.2.100/24, 10.0.2.2 maps to host loopback
+  (its default; we do not pass ``--disable-host-loopback``).
+- ``veth``: a plain veth pair, the no-translation upper bound.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from netenv import GW_ADDR4, HOST_ADDR4, PREFIX4, VETH_HOST4, Env, EnvError, sh
+
+START_TIMEOUT = 10.0
+
+
+class TranslatorFailed(RuntimeError):
+    """The translator could not be started or configured (message = reason)."""
+
+
+@dataclass
+class Link:
+    name: str
+    guest_if: str
+    target: str            # address the guest connects to
+    server_bind: str       # address the host-ns servers listen on
+    proc: subprocess.Popen | None = None
+    pid: int | None = None
+    host_if: str | None = None   # veth baseline: host end, MTU set on both
+    log_path: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def exit_reason(self) -> str:
+        rc = self.proc.returncode if self.proc is not None else None
+        return f"translator exited rc={rc}{_log_tail(self.log_path)}"
+
+
+def _log_tail(path: str | None, lines: int = 2) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, errors="replace") as f:
+            tail = [ln.strip() for ln in f.read().splitlines() if ln.strip()][-lines:]
+    except OSError:
+        return ""
+    return (": " + " | ".join(tail)) if tail else ""
+
+
+def read_mem_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of ``pid`` in KiB (empty if the process is gone)."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(rest.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+class Translator:
+    name = ""
+    ref_mtu_max = 65520
+
+    def start(self, env: Env, mtu: int, logdir: str) -> Link:
+        raise NotImplementedError
+
+    def set_mtu(self, env: Env, link: Link, mtu: int) -> None:
+        env.set_mtu(env.guest, link.guest_if, mtu)
+        if link.host_if:
+            env.set_mtu(env.host, link.host_if, mtu)
+
+    # shared helpers
+    def _spawn(self, env: Env, argv: list[str], logdir: str) -> tuple[subprocess.Popen, str]:
+        log_path = os.path.join(logdir, f"{self.name}-{env.suffix}.log")
+        log = open(log_path, "wb")
+        try:
+            proc = env.spawn(env.host, argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            log.close()
+        return proc, log_path
+
+    def _wait_guest_if(self, env: Env, proc: subprocess.Popen, log_path: str) -> str:
+        try:
+            env.wait_for(lambda: bool(env.guest_links()), START_TIMEOUT, "guest interface", proc)
+        except EnvError as exc:
+            raise TranslatorFailed(f"{exc}{_log_tail(log_path)}") from exc
+        return env.guest_links()[0]
+
+    def _wait_configured(self, env: Env, ifname: str, proc: subprocess.Popen, log_path: str) -> None:
+        try:
+            env.wait_for(lambda: env.guest_has_ipv4(ifname) and env.guest_has_default4(),
+                         START_TIMEOUT, "IPv4 address and default route in the guest", proc)
+        except EnvError as exc:
+            raise TranslatorFailed(f"{exc}{_log_tail(log_path)}") from exc
+
+
+class Veth(Translator):
+    name = "veth"
+
+    def start(self, env: Env, mtu: int, logdir: str) -> Link:
+        guest_if = env.add_veth_baseline()
+        link = Link(self.name, guest_if, VETH_HOST4, VETH_HOST4, host_if=env.veth_host_ifname())
+        self.set_mtu(env, link, mtu)
+        return link
+
+
+class Pasta(Translator):
+    name = "pasta"
+
+    def start(self, env: Env, mtu: int, logdir: str) -> Link:
+        argv = ["pasta", "-f", "-q", "--runas", "0", "--config-net",
+                "-t", "none", "-u", "none", "-T", "none", "-U", "none",
+                "-m", str(mtu), "--netns", f"/run/netns/{env.guest}"]
+        proc, log_path = self._spawn(env, argv, logdir)
+        guest_if = self._wait_guest_if(env, proc, log_path)
+        self._wait_configured(env, guest_if, proc, log_path)
+        link = Link(self.name, guest_if, GW_ADDR4, "127.0.0.1", proc=proc, pid=proc.pid, log_path=log_path)
+        self.set_mtu(env, link, mtu)
+        return link
+
+
+class Slirp4netns(Translator):
+    name = "slirp4netns"
+    ref_mtu_max = 65520  # slirp4netns accepts up to 65521
+
+    def start(self, env: Env, mtu: int, logdir: str) -> Link:
+        argv = ["slirp4netns", "--configure", f"--mtu={mtu}", "--netns-type=path",
+                f"/run/netns/{env.guest}", "tap0"]
+        proc, log_path = self._spawn(env, argv, logdir)
+        guest_if = self._wait_guest_if(env, proc, log_path)
+        self._wait_configured(env, guest_if, proc, log_path)
+        # 10.0.2.2 is slirp's host alias: it connects to the host ns's 127.0.0.1.
+        link = Link(self.name, guest_if, "10.0.2.2", "127.0.0.1", proc=proc, pid=proc.pid, log_path=log_path)
+        self.set_mtu(env, link, mtu)
+        return link
+
+
+def passtcore_run_path() -> str:
+    try:
+        from passtcore.run.sandbox import daemon_binary
+        return daemon_binary()
+    except Exception:  # noqa: BLE001 - fall back to the venv's console script
+        cand = os.path.join(os.path.dirname(sys.executable), "passtcore-run")
+        return cand if os.path.exists(cand) else "passtcore-run"
+
+
+class PasstcoreRun(Translator):
+    name = "passtcore"
+
+    def _help(self, exe: str) -> str:
+        try:
+            res = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise TranslatorFailed(f"passtcore-run --help: {exc}") from exc
+        text = res.stdout + res.stderr
+        if "--netns" not in text:
+            last = text.strip().splitlines()[-1:] or [""]
+            raise TranslatorFailed(f"passtcore-run has no --netns (namespace mode): {last[0][:160]}")
+        return text
+
+    def start(self, env: Env, mtu: int, logdir: str) -> Link:
+        exe = passtcore_run_path()
+        help_text = self._help(exe)
+        pidfile = os.path.join(logdir, f"passtcore-{env.suffix}.pid")
+        argv = [exe, "--netns", f"/run/netns/{env.guest}", "-f", "-m", str(mtu),
+                "-t", "none", "-u", "none", "-P", pidfile]
+        if "--ns-ifname" in help_text:
+            argv += ["--ns-ifname", "eth0"]  # as passtcore.run.sandbox names it
+        if "--config-net" in help_text:
+            argv.append("--config-net")
+        # No --runas: like passt, the daemon drops to nobody; the sandbox sets
+        # ping_group_range for that, as KubeVirt does in a pod.
+        proc, log_path = self._spawn(env, argv, logdir)
+        guest_if = self._wait_guest_if(env, proc, log_path)
+        link = Link(self.name, guest_if, GW_ADDR4, "127.0.0.1", proc=proc, pid=proc.pid, log_path=log_path)
+        link.notes.append("argv: " + " ".join(argv[1:]))
+        if "--config-net" in help_text:
+            self._wait_configured(env, guest_if, proc, log_path)
+        else:
+            # What the daemon's DHCP would hand out: the host's address, its gateway.
+            sh(["ip", "-n", env.guest, "addr", "add", f"{HOST_ADDR4}/{PREFIX4}", "dev", guest_if])
+            sh(["ip", "-n", env.guest, "link", "set", guest_if, "up"])
+            sh(["ip", "-n", env.guest, "route", "add", "default", "via", GW_ADDR4])
+            link.notes.append("guest configured statically (192.0.2.2/24 via 192.0.2.1)")
+        # The daemon may fork despite -f; trust its pid file when it writes one.
+        try:
+            with open(pidfile) as f:
+                link.pid = int(f.read().strip())
+        except (OSError, ValueError):
+            pass
+        if proc.poll() is not None:
+            raise TranslatorFailed(link.exit_reason())
+        self.set_mtu(env, link, mtu)
+        return link
+
+
+ALL: dict[str, Translator] = {t.name: t for t in (PasstcoreRun(), Pasta(), Slirp4netns(), Veth())}

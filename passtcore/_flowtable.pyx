@@ -1,0 +1,532 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Flow table: 5-tuple (+ protocol, side) -> flow index, Cython kernel.
+
+The algorithm, the key layout and every observable result (hash values,
+indices handed out, statistics) are those of the pure twin
+``passtcore_py.flowtable``, whose docstring explains the design: SipHash-2-4
+over a canonical 38-byte key with a random per-process key, linear probing
+over a power-of-two bucket array at most 70 % full, backward-shift deletion
+(no tombstones), flow indices from a free stack, per-flow last-seen stamps.
+The exception class and the batch-array coercion are shared with the twin.
+
+Here the table lives in malloc'd C arrays freed in ``__dealloc__``:
+
+* buckets: ``{uint32 tag, int32 idx}`` (8 bytes); ``tag`` is the low 32 bits of
+  the key's hash, so the home bucket of an entry is ``tag & mask`` (needed
+  when shifting back) and most non-matching entries are rejected without
+  touching their key;
+* per flow: the 38-byte key padded to five 64-bit words (compared word by
+  word), the hash tag, the last-seen time and an in-use flag;
+* the free stack of indices.
+
+Hashing, probing, removal, expiry and the batch loops run without the GIL and
+without a Python object per key.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+cimport numpy as cnp
+import numpy as np
+
+from passtcore._siphash cimport siphash24_raw
+
+from passtcore_py.flowtable import (
+    MAX_CAPACITY,
+    PROCESS_KEY,
+    FlowTableFull,
+    bucket_count,
+    coerce_batch,
+    flow_key_bytes,
+    normalise_addr,
+)
+
+cnp.import_array()
+
+__all__ = [
+    "FlowTable",
+    "FlowTableFull",
+    "siphash24",
+    "flow_key_bytes",
+    "normalise_addr",
+    "coerce_batch",
+    "bucket_count",
+    "PROCESS_KEY",
+    "MAX_CAPACITY",
+]
+
+cdef enum:
+    KEY_LEN = 38        # canonical key bytes hashed
+
+
+ctypedef struct FlowKey:
+    uint64_t w[5]          # 38 key bytes + 2 zero bytes
+
+
+ctypedef struct Bucket:
+    uint32_t tag           # low 32 bits of the key's SipHash
+    int32_t idx            # flow index, -1 = empty
+
+
+cdef inline bint key_eq(const FlowKey* a, const FlowKey* b) noexcept nogil:
+    return ((a.w[0] ^ b.w[0]) | (a.w[1] ^ b.w[1]) | (a.w[2] ^ b.w[2])
+            | (a.w[3] ^ b.w[3]) | (a.w[4] ^ b.w[4])) == 0
+
+
+cdef inline void key_fill(FlowKey* k, uint8_t proto, uint8_t side, uint16_t sport,
+                          uint16_t dport) noexcept nogil:
+    cdef uint8_t* p = <uint8_t*>k
+    k.w[4] = 0
+    p[0] = proto
+    p[1] = side
+    p[2] = sport >> 8
+    p[3] = sport & 0xff
+    p[4] = dport >> 8
+    p[5] = dport & 0xff
+
+
+cdef int put_addr(uint8_t* dst, object addr) except -1:
+    """Copy a 4- or 16-byte address to 16 bytes at dst (IPv4 -> ::ffff:a.b.c.d)."""
+    cdef const char* p
+    cdef Py_ssize_t n
+    if not PyBytes_CheckExact(addr):
+        addr = memoryview(addr).tobytes()   # bytes-like only; ints are rejected
+    p = PyBytes_AS_STRING(addr)
+    n = PyBytes_GET_SIZE(addr)
+    if n == 16:
+        memcpy(dst, p, 16)
+    elif n == 4:
+        memset(dst, 0, 10)
+        dst[10] = 0xff
+        dst[11] = 0xff
+        memcpy(dst + 12, p, 4)
+    else:
+        raise ValueError(f"address must be 4 or 16 bytes, got {n}")
+    return 0
+
+
+cdef int encode(FlowKey* k, int proto, int side, object saddr, int sport,
+                object daddr, int dport) except -1:
+    if <unsigned int>proto > 255:
+        raise ValueError(f"proto must be in 0..255, got {proto}")
+    if <unsigned int>side > 255:
+        raise ValueError(f"side must be in 0..255, got {side}")
+    if <unsigned int>sport > 65535:
+        raise ValueError(f"sport must be in 0..65535, got {sport}")
+    if <unsigned int>dport > 65535:
+        raise ValueError(f"dport must be in 0..65535, got {dport}")
+    key_fill(k, <uint8_t>proto, <uint8_t>side, <uint16_t>sport, <uint16_t>dport)
+    put_addr(<uint8_t*>k + 6, saddr)
+    put_addr(<uint8_t*>k + 22, daddr)
+    return 0
+
+
+cdef void split_key(bytes key, uint64_t* k0, uint64_t* k1) except *:
+    if len(key) != 16:
+        raise ValueError(f"SipHash key must be 16 bytes, got {len(key)}")
+    k0[0] = int.from_bytes(key[:8], "little")
+    k1[0] = int.from_bytes(key[8:], "little")
+
+
+def siphash24(key, data) -> int:
+    """Standard SipHash-2-4 of ``data`` under the 16-byte ``key``, as a 64-bit int."""
+    cdef uint64_t k0, k1
+    if not isinstance(key, (bytes, bytearray, memoryview)):
+        raise TypeError("SipHash key must be bytes")
+    split_key(bytes(key), &k0, &k1)
+    cdef bytes b = data if PyBytes_CheckExact(data) else memoryview(data).tobytes()
+    return siphash24_raw(k0, k1, <const uint8_t*>PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b))
+
+
+cdef cnp.ndarray out_array(object out, Py_ssize_t n):
+    if out is None:
+        return np.empty(n, dtype=np.int64)
+    if (not isinstance(out, np.ndarray) or out.dtype != np.int64 or out.shape != (n,)
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError(f"out must be a writable contiguous int64 array of shape ({n},)")
+    return out
+
+
+cdef class FlowTable:
+    """Fixed-capacity flow table: key -> flow index in ``0..capacity-1``."""
+
+    cdef Bucket* _b
+    cdef FlowKey* _keys
+    cdef uint32_t* _tag
+    cdef double* _seen
+    cdef uint8_t* _used
+    cdef int32_t* _free
+    cdef Py_ssize_t _nfree
+    cdef Py_ssize_t _capacity
+    cdef Py_ssize_t _n
+    cdef size_t _nbuckets
+    cdef size_t _mask
+    cdef uint64_t _k0, _k1
+    cdef bytes _key
+    cdef uint64_t _inserts, _removes, _expired, _lookups, _hits, _probe_total, _probe_max
+
+    def __cinit__(self, capacity, key=None):
+        cdef Py_ssize_t i
+        nb = bucket_count(capacity)           # validates capacity
+        self._capacity = capacity
+        self._nbuckets = nb
+        self._mask = self._nbuckets - 1
+        self._key = PROCESS_KEY if key is None else bytes(key)
+        split_key(self._key, &self._k0, &self._k1)
+        self._b = <Bucket*>malloc(self._nbuckets * sizeof(Bucket))
+        self._keys = <FlowKey*>malloc(self._capacity * sizeof(FlowKey))
+        self._tag = <uint32_t*>malloc(self._capacity * sizeof(uint32_t))
+        self._seen = <double*>malloc(self._capacity * sizeof(double))
+        self._used = <uint8_t*>malloc(self._capacity)
+        self._free = <int32_t*>malloc(self._capacity * sizeof(int32_t))
+        if (self._b == NULL or self._keys == NULL or self._tag == NULL or self._seen == NULL
+                or self._used == NULL or self._free == NULL):
+            raise MemoryError(f"cannot allocate a flow table of {capacity} flows")
+        self._reset()
+
+    def __dealloc__(self):
+        free(self._b)
+        free(self._keys)
+        free(self._tag)
+        free(self._seen)
+        free(self._used)
+        free(self._free)
+
+    cdef void _reset(self) noexcept nogil:
+        cdef Py_ssize_t i
+        for i in range(<Py_ssize_t>self._nbuckets):
+            self._b[i].tag = 0
+            self._b[i].idx = -1
+        memset(self._used, 0, self._capacity)
+        memset(self._seen, 0, self._capacity * sizeof(double))
+        for i in range(self._capacity):   # top of the stack is index 0
+            self._free[i] = <int32_t>(self._capacity - 1 - i)
+        self._nfree = self._capacity
+        self._n = 0
+
+    # -- properties -------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def buckets(self) -> int:
+        return self._nbuckets
+
+    @property
+    def key(self) -> bytes:
+        """The 16-byte SipHash key of this table."""
+        return self._key
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __repr__(self) -> str:
+        return f"<FlowTable {self._n}/{self._capacity} flows, {self._nbuckets} buckets>"
+
+    # -- nogil core -------------------------------------------------------
+    cdef inline uint32_t _hash(self, const FlowKey* k) noexcept nogil:
+        return <uint32_t>siphash24_raw(self._k0, self._k1, <const uint8_t*>k, KEY_LEN)
+
+    cdef inline int32_t _find(self, const FlowKey* k, uint32_t tag, size_t* bucket,
+                              uint64_t* probes) noexcept nogil:
+        """Flow index of k or -1; *bucket = its bucket or the empty one ending the probe."""
+        cdef size_t b = tag & self._mask
+        cdef uint64_t n = 1
+        cdef int32_t i
+        while True:
+            i = self._b[b].idx
+            if i < 0:
+                break
+            if self._b[b].tag == tag and key_eq(&self._keys[i], k):
+                break
+            b = (b + 1) & self._mask
+            n += 1
+        bucket[0] = b
+        probes[0] = n
+        return i
+
+    cdef inline int32_t _lookup(self, const FlowKey* k) noexcept nogil:
+        cdef size_t b
+        cdef uint64_t probes
+        cdef int32_t i = self._find(k, self._hash(k), &b, &probes)
+        self._lookups += 1
+        self._probe_total += probes
+        if probes > self._probe_max:
+            self._probe_max = probes
+        if i >= 0:
+            self._hits += 1
+        return i
+
+    cdef int32_t _insert(self, const FlowKey* k, double now) noexcept nogil:
+        """Flow index; -1 if the key is present, -2 if the table is full."""
+        cdef size_t b
+        cdef uint64_t probes
+        cdef uint32_t tag = self._hash(k)
+        cdef int32_t i = self._find(k, tag, &b, &probes)
+        if i >= 0:
+            return -1
+        if self._nfree == 0:
+            return -2
+        self._nfree -= 1
+        i = self._free[self._nfree]
+        self._b[b].tag = tag
+        self._b[b].idx = i
+        self._keys[i] = k[0]
+        self._tag[i] = tag
+        self._seen[i] = now
+        self._used[i] = 1
+        self._n += 1
+        self._inserts += 1
+        return i
+
+    cdef void _unlink(self, int32_t i) noexcept nogil:
+        """Remove flow i (in use): backward-shift the rest of its cluster, free i."""
+        cdef size_t mask = self._mask
+        cdef size_t b = self._tag[i] & mask
+        cdef size_t j, home
+        while self._b[b].idx != i:
+            b = (b + 1) & mask
+        j = b
+        while True:
+            j = (j + 1) & mask
+            if self._b[j].idx < 0:
+                break
+            home = self._b[j].tag & mask
+            # move it back if the hole lies between its home bucket and j
+            if ((j - home) & mask) >= ((j - b) & mask):
+                self._b[b] = self._b[j]
+                b = j
+        self._b[b].idx = -1
+        self._b[b].tag = 0
+        self._used[i] = 0
+        self._free[self._nfree] = i
+        self._nfree += 1
+        self._n -= 1
+        self._removes += 1
+
+    cdef int32_t _check_index(self, i) except -1:
+        cdef Py_ssize_t n = i
+        if n < 0 or n >= self._capacity:
+            raise IndexError(f"flow index {n} out of range 0..{self._capacity - 1}")
+        if not self._used[n]:
+            raise KeyError(f"flow index {n} is not in use")
+        return <int32_t>n
+
+    # -- single-key API ---------------------------------------------------
+    def insert(self, int proto, int side, saddr, int sport, daddr, int dport, double now=0.0) -> int:
+        """Add a flow, return its index. ``KeyError`` if present, :class:`FlowTableFull` if full."""
+        cdef FlowKey k
+        encode(&k, proto, side, saddr, sport, daddr, dport)
+        cdef int32_t i = self._insert(&k, now)
+        if i == -1:
+            raise KeyError(f"flow already in the table at index {self._find_quiet(&k)}")
+        if i == -2:
+            raise FlowTableFull(f"flow table full ({self._capacity} flows)")
+        return i
+
+    cdef int32_t _find_quiet(self, const FlowKey* k) noexcept nogil:
+        cdef size_t b
+        cdef uint64_t probes
+        return self._find(k, self._hash(k), &b, &probes)
+
+    def lookup(self, int proto, int side, saddr, int sport, daddr, int dport) -> int:
+        """Index of the flow, or -1."""
+        cdef FlowKey k
+        encode(&k, proto, side, saddr, sport, daddr, dport)
+        return self._lookup(&k)
+
+    def remove(self, int proto, int side, saddr, int sport, daddr, int dport) -> int:
+        """Remove the flow; return its (now free) index, or -1 if absent."""
+        cdef FlowKey k
+        encode(&k, proto, side, saddr, sport, daddr, dport)
+        cdef int32_t i = self._find_quiet(&k)
+        if i >= 0:
+            self._unlink(i)
+        return i
+
+    def remove_index(self, i) -> None:
+        """Remove flow ``i``: ``IndexError`` out of range, ``KeyError`` if not in use."""
+        self._unlink(self._check_index(i))
+
+    def __contains__(self, key) -> bool:
+        if not isinstance(key, tuple) or len(key) != 6:
+            raise TypeError("key must be a (proto, side, saddr, sport, daddr, dport) tuple")
+        return self.lookup(*key) >= 0
+
+    def in_use(self, i) -> bool:
+        cdef Py_ssize_t n = i
+        return 0 <= n < self._capacity and self._used[n] != 0
+
+    def key_of(self, i) -> tuple:
+        """``(proto, side, saddr16, sport, daddr16, dport)`` of flow ``i``."""
+        cdef int32_t n = self._check_index(i)
+        cdef const uint8_t* p = <const uint8_t*>&self._keys[n]
+        return (p[0], p[1], PyBytes_FromStringAndSize(<const char*>p + 6, 16),
+                (p[2] << 8) | p[3], PyBytes_FromStringAndSize(<const char*>p + 22, 16),
+                (p[4] << 8) | p[5])
+
+    def touch(self, i, double now) -> None:
+        self._seen[self._check_index(i)] = now
+
+    def last_seen(self, i) -> float:
+        return self._seen[self._check_index(i)]
+
+    def hash_of(self, int proto, int side, saddr, int sport, daddr, int dport) -> int:
+        """64-bit SipHash-2-4 of the key under this table's key."""
+        cdef FlowKey k
+        encode(&k, proto, side, saddr, sport, daddr, dport)
+        return siphash24_raw(self._k0, self._k1, <const uint8_t*>&k, KEY_LEN)
+
+    def bucket_of(self, int proto, int side, saddr, int sport, daddr, int dport) -> int:
+        """Home bucket of the key (0..buckets-1)."""
+        cdef FlowKey k
+        encode(&k, proto, side, saddr, sport, daddr, dport)
+        return self._hash(&k) & self._mask
+
+    def indices(self):
+        """Indices in use, ascending, as int64."""
+        cdef cnp.ndarray[int64_t, ndim=1] out = np.empty(self._n, dtype=np.int64)
+        cdef int64_t* o = <int64_t*>out.data
+        cdef Py_ssize_t i, c = 0
+        with nogil:
+            for i in range(self._capacity):
+                if self._used[i]:
+                    o[c] = i
+                    c += 1
+        return out
+
+    def expire(self, double now, double timeout):
+        """Remove flows idle for at least ``timeout`` (``now - last_seen >= timeout``).
+
+        Returns their indices, ascending, as int64.
+        """
+        cdef cnp.ndarray[int64_t, ndim=1] out = np.empty(self._n, dtype=np.int64)
+        cdef int64_t* o = <int64_t*>out.data
+        cdef Py_ssize_t i, c = 0, n0 = self._n
+        with nogil:
+            for i in range(self._capacity):
+                if self._used[i] and now - self._seen[i] >= timeout:
+                    o[c] = i
+                    c += 1
+            for i in range(c):
+                self._unlink(<int32_t>o[i])
+            self._expired += c
+        return out if c == n0 else out[:c].copy()
+
+    def clear(self) -> None:
+        """Remove every flow (counters are kept; indices restart at 0)."""
+        self._removes += self._n
+        self._reset()
+
+    # -- batch API --------------------------------------------------------
+    def lookup_batch(self, protos, sides, saddrs, sports, daddrs, dports, out=None):
+        """Look up N keys given as arrays (addresses as (N, 16) uint8 rows); int64 indices, -1 = absent."""
+        p, s, sa, sp, da, dp = coerce_batch(protos, sides, saddrs, sports, daddrs, dports)
+        cdef const uint8_t[::1] vp = p
+        cdef const uint8_t[::1] vs = s
+        cdef const uint8_t[:, ::1] vsa = sa
+        cdef const uint16_t[::1] vsp = sp
+        cdef const uint8_t[:, ::1] vda = da
+        cdef const uint16_t[::1] vdp = dp
+        cdef Py_ssize_t n = vp.shape[0], r
+        cdef cnp.ndarray res = out_array(out, n)
+        cdef int64_t* o = <int64_t*>res.data
+        cdef FlowKey k
+        with nogil:
+            for r in range(n):
+                key_fill(&k, vp[r], vs[r], vsp[r], vdp[r])
+                memcpy(<uint8_t*>&k + 6, &vsa[r, 0], 16)
+                memcpy(<uint8_t*>&k + 22, &vda[r, 0], 16)
+                o[r] = self._lookup(&k)
+        return res
+
+    def insert_batch(self, protos, sides, saddrs, sports, daddrs, dports, double now=0.0):
+        """Insert N keys in order; int64 indices, -1 for a key already present (left unchanged).
+
+        :class:`FlowTableFull` when the table fills up: the rows before stay inserted.
+        """
+        p, s, sa, sp, da, dp = coerce_batch(protos, sides, saddrs, sports, daddrs, dports)
+        cdef const uint8_t[::1] vp = p
+        cdef const uint8_t[::1] vs = s
+        cdef const uint8_t[:, ::1] vsa = sa
+        cdef const uint16_t[::1] vsp = sp
+        cdef const uint8_t[:, ::1] vda = da
+        cdef const uint16_t[::1] vdp = dp
+        cdef Py_ssize_t n = vp.shape[0], r, failed = -1
+        cdef cnp.ndarray res = np.empty(n, dtype=np.int64)
+        cdef int64_t* o = <int64_t*>res.data
+        cdef int32_t i
+        cdef FlowKey k
+        with nogil:
+            for r in range(n):
+                key_fill(&k, vp[r], vs[r], vsp[r], vdp[r])
+                memcpy(<uint8_t*>&k + 6, &vsa[r, 0], 16)
+                memcpy(<uint8_t*>&k + 22, &vda[r, 0], 16)
+                i = self._insert(&k, now)
+                if i == -2:
+                    failed = r
+                    break
+                o[r] = i
+        if failed >= 0:
+            raise FlowTableFull(
+                f"flow table full ({self._capacity} flows) at batch row {failed}; rows before it were inserted")
+        return res
+
+    # -- introspection ----------------------------------------------------
+    def stats(self) -> dict:
+        """Counters: entries, capacity, buckets, inserts, removes, expired, lookups, hits, misses,
+        probe_total / probe_max (buckets examined per lookup), max_displacement (current
+        distance of the farthest entry from its home bucket), load_factor."""
+        cdef size_t b, d, dmax = 0
+        with nogil:
+            for b in range(self._nbuckets):
+                if self._b[b].idx >= 0:
+                    d = (b - (self._b[b].tag & self._mask)) & self._mask
+                    if d > dmax:
+                        dmax = d
+        return {
+            "entries": self._n,
+            "capacity": self._capacity,
+            "buckets": self._nbuckets,
+            "inserts": self._inserts,
+            "removes": self._removes,
+            "expired": self._expired,
+            "lookups": self._lookups,
+            "hits": self._hits,
+            "misses": self._lookups - self._hits,
+            "probe_total": self._probe_total,
+            "probe_max": self._probe_max,
+            "max_displacement": dmax,
+            "load_factor": self._n / <double>self._nbuckets,
+        }
+
+    def check_invariants(self) -> None:
+        """Raise ``AssertionError`` if the table is inconsistent (for tests)."""
+        cdef size_t b, c, mask = self._mask
+        cdef int32_t i
+        cdef Py_ssize_t count = 0, f
+        seen = bytearray(self._capacity)
+        for b in range(self._nbuckets):
+            i = self._b[b].idx
+            if i < 0:
+                continue
+            if i >= self._capacity or not self._used[i] or seen[i]:
+                raise AssertionError(f"bucket {b}: bad flow index {i}")
+            seen[i] = 1
+            count += 1
+            if self._hash(&self._keys[i]) != self._tag[i] or self._tag[i] != self._b[b].tag:
+                raise AssertionError(f"flow {i}: stale hash")
+            c = self._tag[i] & mask
+            while c != b:
+                if self._b[c].idx < 0:
+                    raise AssertionError(f"flow {i}: empty bucket {c} on its probe path")
+                c = (c + 1) & mask
+        if count != self._n or self._n + self._nfree != self._capacity:
+            raise AssertionError("entry count / free list mismatch")
+        for f in range(self._nfree):
+            i = self._free[f]
+            if i < 0 or i >= self._capacity or seen[i] or self._used[i]:
+                raise AssertionError("free list overlaps entries")
+            seen[i] = 1

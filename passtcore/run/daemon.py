@@ -1,0 +1,267 @@
+"""The daemon proper, after the early bind: set-up, fork, serve, clean exit.
+
+Order (passt-reference 2.4, 9.3): logging (the log file is opened first so
+that later failures are recorded), host configuration, pcap and pid files,
+front end (tap opened inside the target namespace), engines (forwarded ports
+bound), drop to ``--runas`` (root defaults to nobody), fork. Everything that
+can fail raises ``FatalError`` before the fork, so libvirt sees exit 1 with
+one line on stderr. Signals: SIGTERM/SIGQUIT stop the loop (exit 0), SIGUSR1
+logs the counters; the counters are also logged at exit.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from passtcore.run import options as _options
+from passtcore.run.counters import Counters
+
+log = logging.getLogger("passtcore.run")
+
+
+class FatalError(Exception):
+    """Set-up failure: one-line message, exit 1, before forking."""
+
+
+def _resolve_runas(opts: Any) -> tuple[int, int] | None:
+    if opts.runas is not None:
+        return opts.runas
+    if os.geteuid() != 0:
+        return None
+    try:
+        with open("/proc/self/uid_map") as f:
+            identity = f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        identity = True
+    if not identity:
+        return None
+    import pwd
+
+    try:
+        pw = pwd.getpwnam("nobody")
+        return pw.pw_uid, pw.pw_gid
+    except KeyError:
+        return 65534, 65534
+
+
+def drop_privileges(ids: tuple[int, int] | None) -> None:
+    if ids is None:
+        return
+    uid, gid = ids
+    if (uid, gid) == (os.geteuid(), os.getegid()):
+        return
+    if uid != 0 and os.geteuid() == 0:
+        log.info("Don't run as root. Changing to %d:%d...", uid, gid)
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+
+
+def log_counters(counters: Counters, handler: logging.Handler | None) -> None:
+    """Written whatever the log level (-q included): tests and operators read it."""
+    record = logging.LogRecord("passtcore.run", logging.INFO, __file__, 0, counters.format(),
+                               None, None)
+    if handler is not None:
+        handler.handle(record)
+
+
+def daemonise(pid_fd: int | None) -> None:
+    """fork(); the parent writes the child's PID and exits 0; the child detaches."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        if pid_fd is not None:
+            os.write(pid_fd, f"{pid}\n".encode())
+            os.close(pid_fd)
+        os._exit(0)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+
+
+def run(opts: Any, early: tuple[Any, str] | None) -> int:
+    from passtcore.run import conf as _conf
+    from passtcore.run import logsink
+
+    try:
+        handler = logsink.setup(opts, _options.VERSION)
+    except OSError as exc:
+        raise FatalError(f"-l/--log-file: can't open {opts.log_file}: {exc.strerror}") from None
+    try:
+        cfg = _conf.build(opts)
+    except _conf.ConfError as exc:
+        raise FatalError(str(exc)) from None
+    except OSError as exc:
+        raise FatalError(f"netlink: {exc}") from None
+    for w in cfg.warnings:
+        log.warning("%s", w)
+
+    if not opts.quiet:
+        for line in cfg.describe():
+            log.info("%s", line)
+
+    from passtcore.run.context import Context
+    from passtcore.run.dispatch import Dispatcher
+    from passtcore.run.loop import Loop
+    from passtcore.run.pcap import PcapWriter
+
+    counters = Counters()
+    loop = Loop()
+    pcap = None
+    if opts.pcap:
+        try:
+            pcap = PcapWriter(opts.pcap)
+        except OSError as exc:
+            raise FatalError(f"-p/--pcap: can't open {opts.pcap}: {exc.strerror}") from None
+        log.info("Saving packet capture to %s", opts.pcap)
+    pid_fd = None
+    if opts.pid_file:
+        try:
+            pid_fd = os.open(opts.pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                             0o600)
+        except OSError as exc:
+            raise FatalError(f"-P/--pid: can't open {opts.pid_file}: {exc.strerror}") from None
+
+    ctx = Context(cfg, loop, counters, pcap, opts)
+    dispatcher = Dispatcher(ctx)
+    dispatcher.trace = opts.trace
+
+    def on_frame(frame: memoryview) -> None:
+        if pcap is not None:
+            pcap.write(frame)
+        dispatcher.handle(frame)
+
+    frontend = _make_frontend(opts, cfg, early, loop, counters, on_frame)
+    ctx.frontend = frontend
+    dispatcher.load_all()
+
+    ids = _resolve_runas(opts)
+    if early is not None and ids is not None:
+        try:
+            os.chown(early[1], ids[0], ids[1])
+        except OSError:
+            pass
+    try:
+        drop_privileges(ids)
+    except OSError as exc:
+        raise FatalError(f"--runas: can't change identity: {exc.strerror}") from None
+
+    if not opts.foreground:
+        daemonise(pid_fd)
+        handler.rewrite_header()
+    elif pid_fd is not None:
+        os.write(pid_fd, f"{os.getpid()}\n".encode())
+        os.close(pid_fd)
+    handler.daemonised(opts.stderr, opts.foreground)
+
+    def terminate(signum: int) -> None:
+        log.info("Received signal %d, exiting", signum)
+        loop.stop(0)
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    loop.add_signal_handler(signal.SIGQUIT, terminate)
+    loop.add_signal_handler(signal.SIGINT, terminate)
+    loop.add_signal_handler(signal.SIGUSR1, lambda _s: log_counters(counters, handler))
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    def on_error(exc: BaseException, cb: Any) -> None:
+        counters.inc("loop-callback-error")
+        log.error("callback %r failed: %r", getattr(cb, "__qualname__", cb), exc,
+                  exc_info=opts.debug)
+
+    loop.on_error = on_error
+    loop.call_every(1.0, lambda: dispatcher.tick(loop.now()))
+    frontend.start()
+    # Unconditional (even with -q): harnesses wait for it before signalling us.
+    handler.handle(logging.LogRecord("passtcore.run", logging.INFO, __file__, 0,
+                                     "ready: serving", None, None))
+    code = 0
+    try:
+        code = loop.run()
+    finally:
+        log_counters(counters, handler)
+        dispatcher.close()
+        frontend.close()
+        if pcap is not None:
+            pcap.close()
+    return code
+
+
+def _make_frontend(opts: Any, cfg: Any, early: tuple[Any, str] | None, loop: Any,
+                   counters: Counters, on_frame: Any) -> Any:
+    from passtcore.run import frontend as fe
+
+    if opts.fd is not None:
+        try:
+            return fe.FdFrontend(opts.fd, loop, counters, on_frame)
+        except OSError as exc:
+            raise FatalError(f"-F/--fd: {exc.strerror or exc}") from None
+    if opts.namespace_mode:
+        ifname = opts.ns_ifname or cfg.ifname4 or cfg.ifname6 or "tap0"
+        try:
+            fd = fe.in_netns(opts.netns, lambda: _setup_tap(ifname, opts, cfg))
+        except OSError as exc:
+            raise FatalError(f"--netns: can't set up tap {ifname} in {opts.netns}: "
+                             f"{exc.strerror or exc}") from None
+        log.info("Serving tap %s in namespace %s", ifname, opts.netns)
+        return fe.TapFrontend(fd, loop, counters, on_frame)
+    assert early is not None
+    sock = socket.socket(fileno=early[0].detach())
+    log.info("UNIX domain socket bound at %s", early[1])
+    if not opts.quiet:
+        log.info("You can now start qemu (>= 7.2, with commit 13c6be96618c):")
+        log.info("    kvm ... -device virtio-net-pci,netdev=s -netdev stream,id=s,server=off,"
+                 "addr.type=unix,addr.path=%s", early[1])
+    return fe.StreamFrontend(sock, loop, counters, on_frame, one_off=opts.one_off)
+
+
+def _setup_tap(ifname: str, opts: Any, cfg: Any) -> int:
+    """In the target netns: open the tap, set its MAC/MTU/addresses if asked, link up."""
+    import ipaddress
+
+    from pyroute2 import IPRoute
+
+    from passtcore.run.frontend import open_tap
+
+    fd = open_tap(ifname)
+    try:
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=ifname)[0]
+            if opts.ns_mac_addr:
+                ipr.link("set", index=idx, address=":".join(f"{b:02x}" for b in opts.ns_mac_addr))
+            lo = ipr.link_lookup(ifname="lo")
+            if lo:
+                ipr.link("set", index=lo[0], state="up")
+            if opts.config_net:
+                if cfg.mtu:
+                    ipr.link("set", index=idx, mtu=cfg.mtu)
+                if cfg.v6:
+                    # Like pasta: no DAD on the tap, the address is ours by construction.
+                    try:
+                        with open(f"/proc/sys/net/ipv6/conf/{ifname}/accept_dad", "w") as f:
+                            f.write("0")
+                    except OSError:
+                        pass
+            ipr.link("set", index=idx, state="up")
+            if opts.config_net:
+                if cfg.v4:
+                    ipr.addr("add", index=idx, address=str(ipaddress.ip_address(cfg.addr4)),
+                             prefixlen=cfg.prefix4)
+                    ipr.route("add", dst="0.0.0.0/0", gateway=str(ipaddress.ip_address(cfg.gw4)),
+                              oif=idx)
+                if cfg.v6:
+                    ipr.addr("add", index=idx, address=str(ipaddress.ip_address(cfg.addr6)),
+                             prefixlen=cfg.prefix6, flags=0x02)  # IFA_F_NODAD
+                    ipr.route("add", dst="::/0", family=socket.AF_INET6,
+                              gateway=str(ipaddress.ip_address(cfg.gw6_ll)), oif=idx)
+    except Exception:
+        os.close(fd)
+        raise
+    return fd

@@ -1,0 +1,753 @@
+"""TCP translation: guest TCP segments <-> ordinary host TCP sockets.
+
+Design (passt-reference section 6; deliberate differences are noted):
+
+* **One host socket per guest connection**, found through the flow table
+  (``passtcore.flowtable``; key ``(6, 0, guest addr, guest port, remote addr,
+  remote port)``). Per-connection state is a ``__slots__`` object indexed by
+  the flow index: a fixed, small amount of memory per connection, no user-space
+  byte buffers.
+* **Host -> guest, no buffering (6.4).** Data is read with ``MSG_PEEK`` from the
+  point the guest has not seen yet (``SO_PEEK_OFF`` where the kernel has it for
+  TCP, else a throw-away iovec for the already-sent part) straight into the
+  payload slots of preallocated frames; headers are written in place with
+  ``passtcore.headers.build_tcp`` and the batch goes out with one
+  ``ctx.to_guest_many``. Bytes leave the kernel socket only when the guest ACKs
+  them, so the socket buffer is the retransmission store: a timeout (2 s) or
+  three duplicate ACKs rewind the peek offset and re-send. ``SO_RCVLOWAT`` is
+  kept at ``unacked + 1`` so that a level-triggered reader only wakes up for
+  data the guest has not been sent yet (or EOF), never spins on queued data.
+* **Guest -> host (6.5).** Payloads are written straight to the socket
+  (``MSG_DONTWAIT``); the guest is ACKed only for what the socket accepted, and
+  the window advertised is the socket's free send space. When the socket is
+  full the guest gets a smaller (or zero) window and retransmits; a writer
+  callback sends the window update once the socket drains. Out-of-order
+  segments are dropped with a duplicate ACK (the guest retransmits).
+* **Handshakes.** Guest SYN -> non-blocking ``connect()``; SYN-ACK only once it
+  succeeds, RST|ACK at once when refused/unreachable. Duplicate SYNs while the
+  connect is pending are ignored (11.1 bug 3 not replicated); keep-alive probes
+  are ACKed (bug 4 not replicated). Accepted host connections on forwarded
+  ports become SYNs to the guest from the NAT'ed source (4.6, 6.3).
+* **Closing.** FIN and half-close in each direction; a guest RST aborts the
+  host socket (``SO_LINGER {1, 0}``, so the peer sees a reset - passt's plain
+  ``close()`` is kept for a guest RST to an accepted connection that never got
+  established); host errors become RST to the guest. Timeouts by the 1 s tick:
+  10 s handshake, 2 s retransmission (7 tries), 60 s FIN, 7200 s idle.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+import passtcore
+from passtcore.run import fwd
+
+log = logging.getLogger("passtcore.tcp")
+
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+# connection events (6.1)
+SOCK_ACCEPTED = 0x001
+TAP_SYN_RCVD = 0x002
+ESTABLISHED = 0x004
+TAP_SYN_ACK_SENT = 0x008
+SOCK_FIN_RCVD = 0x010
+SOCK_FIN_SENT = 0x020
+TAP_FIN_RCVD = 0x040
+TAP_FIN_SENT = 0x080
+TAP_FIN_ACKED = 0x100
+CLOSED = 0x200
+
+MAX_FLOWS_DEFAULT = 131072
+MSS_DEFAULT = 536
+WINDOW_DEFAULT = 14600
+MAX_WINDOW = 1 << 24
+WS_OFFERED = 8
+SYN_TIMEOUT = 10.0
+ACK_TIMEOUT = 2.0
+MAX_RETRANS = 7
+FIN_TIMEOUT = 60.0
+ACT_TIMEOUT = 7200.0
+NSLOTS = 64                 # frames per host->guest batch
+SLOT = 65536 + 128          # one frame slot (max L2 frame + slack)
+DISCARD = 1 << 24           # throw-away iovec when SO_PEEK_OFF is missing
+SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)
+SIOCOUTQ = 0x5411           # == TIOCOUTQ: bytes queued in the send buffer
+ACCEPT_BATCH = 64
+
+_M32 = 0xFFFFFFFF
+
+
+def _d(a: int, b: int) -> int:
+    """Signed distance a - b in 32-bit sequence space."""
+    return ((a - b + 0x80000000) & _M32) - 0x80000000
+
+
+class Conn:
+    """State of one translated connection (bounded: no data buffers)."""
+
+    __slots__ = (
+        "idx", "sock", "fd", "v", "gaddr", "gport", "raddr", "rport", "events",
+        "seq_to_tap", "seq_ack_from_tap", "seq_from_tap", "isn", "guest_isn",
+        "wnd_from_tap", "ws_from_tap", "ws_to_tap", "mss", "reading", "writing",
+        "lowat", "dupacks", "retries", "last_progress", "last_activity", "created",
+        "last_wnd", "fin_seq", "stalled_since", "peekoff",
+    )
+
+    def __init__(self) -> None:
+        self.reading = False
+        self.writing = False
+        self.lowat = 1
+        self.dupacks = 0
+        self.retries = 0
+        self.fin_seq = -1
+        self.stalled_since = 0.0
+        self.last_wnd = -1
+
+    def name(self) -> str:
+        return f"{self.gport}<->{self.rport}"
+
+
+class TcpEngine:
+    """The TCP engine (Engine API: ``handle``, ``tick``, ``close``)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.conf = conf = ctx.conf
+        self.h = passtcore.headers
+        cap = int(getattr(conf, "max_flows", 0) or MAX_FLOWS_DEFAULT)
+        self.capacity = cap
+        self.flows = passtcore.flowtable.FlowTable(cap)
+        self.conns: dict[int, Conn] = {}
+        self.key = os.urandom(16)
+        self.fbuf = bytearray(NSLOTS * SLOT)
+        self.fmv = memoryview(self.fbuf)
+        self.sbuf = bytearray(256)           # control segments
+        self.discard = bytearray(1 << 16)
+        self.dmv = memoryview(self.discard)
+        self._big_discard: memoryview | None = None
+        self.listeners: list[tuple[socket.socket, fwd.Forward]] = []
+        self.disabled = bool(getattr(conf, "no_tcp", False))
+        if not self.disabled:
+            specs = fwd.conf_specs(conf, "tcp")
+            if specs:
+                self.listeners = fwd.open_listeners(
+                    specs, socket.SOCK_STREAM, v4=self._family_on(4), v6=self._family_on(6))
+                for lsock, fw in self.listeners:
+                    ctx.loop.add_reader(lsock.fileno(),
+                                        lambda s=lsock, f=fw: self._on_accept(s, f))
+
+    # -- helpers -------------------------------------------------------------
+    def _family_on(self, v: int) -> bool:
+        return bool(getattr(self.conf, "v4" if v == 4 else "v6", True))
+
+    def _count(self, name: str, n: int = 1) -> None:
+        c = getattr(self.ctx, "counters", None)
+        if c is not None:
+            c.inc(name, n)
+
+    def _drop(self, reason: str) -> None:
+        c = getattr(self.ctx, "counters", None)
+        if c is not None:
+            c.drop(reason)
+
+    def _now(self) -> float:
+        loop = getattr(self.ctx, "loop", None)
+        return loop.now() if loop is not None else time.monotonic()
+
+    def _isn(self, raddr: bytes, gport: int, gaddr: bytes, rport: int) -> int:
+        h = hashlib.blake2s(fwd.to16(raddr) + struct.pack("!H", gport) + fwd.to16(gaddr)
+                            + struct.pack("!H", rport), key=self.key, digest_size=4).digest()
+        return (int.from_bytes(h, "big") + (time.monotonic_ns() >> 5)) & _M32
+
+    def _our_mss(self, c: Conn) -> int:
+        mtu = int(getattr(self.conf, "mtu", 65520) or 0)
+        if mtu <= 0:
+            try:
+                return c.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+            except OSError:
+                return MSS_DEFAULT
+        mss = mtu - (40 if c.v == 4 else 60)
+        if mss > 4096:
+            mss -= mss % 4096
+        return max(mss, 88)
+
+    def _seg_size(self, c: Conn) -> int:
+        hl = self.h.header_len(c.v, 6)
+        return max(1, min(c.mss, 65535 - hl, SLOT - hl))
+
+    def _wnd_to_tap(self, c: Conn) -> int:
+        """Free send-buffer space of the host socket, scaled for the guest."""
+        try:
+            sndbuf = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            import fcntl
+            outq = struct.unpack("i", fcntl.ioctl(c.fd, SIOCOUTQ, b"\0\0\0\0"))[0]
+            free = sndbuf - outq
+        except OSError:
+            free = WINDOW_DEFAULT
+        if not c.events & ESTABLISHED:
+            free = max(free, WINDOW_DEFAULT)
+        free = max(0, min(free, MAX_WINDOW))
+        return min(free >> c.ws_to_tap, 0xFFFF)
+
+    def _ctrl(self, c: Conn, flags: int, seq: int | None = None, options: bytes = b"",
+              window: int | None = None) -> None:
+        """Send one segment without payload."""
+        if window is None:
+            window = self._wnd_to_tap(c) if flags & ACK and not flags & SYN else 0xFFFF
+        c.last_wnd = window
+        n = self.h.build_tcp(self.sbuf, 0, self.ctx.guest_mac, self.conf.our_mac, c.raddr,
+                             c.gaddr, c.rport, c.gport,
+                             c.seq_to_tap if seq is None else seq, c.seq_from_tap, flags,
+                             window, 0, options)
+        self.ctx.to_guest(bytes(self.sbuf[:n]))
+
+    def _reply_rst(self, info: Any) -> None:
+        """RST|ACK to a guest segment that has no connection (refused SYN)."""
+        ack = (info.tcp_seq + info.payload_len + (1 if info.tcp_flags & SYN else 0)
+               + (1 if info.tcp_flags & FIN else 0)) & _M32
+        seq = info.tcp_ack if info.tcp_flags & ACK else 0
+        n = self.h.build_tcp(self.sbuf, 0, self.ctx.guest_mac, self.conf.our_mac, info.dst,
+                             info.src, info.dport, info.sport, seq, ack, RST | ACK, 0, 0)
+        self.ctx.to_guest(bytes(self.sbuf[:n]))
+
+    def _syn_options(self, c: Conn) -> bytes:
+        return (struct.pack("!BBH", 2, 4, min(self._our_mss(c), 0xFFFF)) + b"\x01"
+                + struct.pack("!BBB", 3, 3, WS_OFFERED))
+
+    def _set_reading(self, c: Conn, on: bool) -> None:
+        if on != c.reading and c.sock is not None:
+            if on:
+                self.ctx.loop.add_reader(c.fd, lambda c=c: self._on_readable(c))
+            else:
+                self.ctx.loop.remove_reader(c.fd)
+            c.reading = on
+
+    def _set_writing(self, c: Conn, on: bool, cb: Any = None) -> None:
+        if on != c.writing and c.sock is not None:
+            if on:
+                self.ctx.loop.add_writer(c.fd, cb or (lambda c=c: self._on_writable(c)))
+            else:
+                self.ctx.loop.remove_writer(c.fd)
+            c.writing = on
+
+    def _new_conn(self, v: int, gaddr: bytes, gport: int, raddr: bytes, rport: int,
+                  sock: socket.socket) -> Conn | None:
+        try:
+            idx = self.flows.insert(6, 0, fwd.to16(gaddr), gport, fwd.to16(raddr), rport)
+        except Exception as exc:  # FlowTableFull or a duplicate key
+            if type(exc).__name__ != "FlowTableFull" and not isinstance(exc, (KeyError, ValueError)):
+                raise
+            self._count("tcp_flows_refused")
+            return None
+        c = Conn()
+        c.idx, c.sock, c.fd, c.v = idx, sock, sock.fileno(), v
+        c.gaddr, c.gport, c.raddr, c.rport = gaddr, gport, raddr, rport
+        now = self._now()
+        c.created = c.last_activity = c.last_progress = now
+        c.ws_to_tap = 0
+        c.ws_from_tap = 0
+        c.wnd_from_tap = WINDOW_DEFAULT
+        c.mss = MSS_DEFAULT
+        c.seq_from_tap = 0
+        c.guest_isn = 0
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            c.peekoff = True
+        except OSError:
+            c.peekoff = False
+        self.conns[idx] = c
+        self._count("tcp_flows")
+        return c
+
+    def _free(self, c: Conn, abort: bool = False) -> None:
+        if c.events & CLOSED:
+            return
+        c.events = CLOSED
+        self._set_reading(c, False)
+        self._set_writing(c, False)
+        if c.sock is not None:
+            if abort:
+                try:
+                    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+            c.sock.close()
+            c.sock = None
+        self.conns.pop(c.idx, None)
+        try:
+            self.flows.remove_index(c.idx)
+        except Exception:  # already gone
+            pass
+
+    def _reset(self, c: Conn, abort_host: bool = True) -> None:
+        """RST to the guest and drop the connection."""
+        if c.events & (ESTABLISHED | TAP_SYN_ACK_SENT | SOCK_ACCEPTED):
+            self._ctrl(c, RST | ACK, window=0)
+        self._count("tcp_rst_to_guest")
+        self._free(c, abort=abort_host)
+
+    # -- guest side ------------------------------------------------------------
+    def handle(self, frame: Any, info: Any) -> None:
+        if self.disabled:
+            self._drop("tcp-disabled")
+            return
+        if info.is_fragment:
+            self._drop("tcp-fragment")
+            return
+        idx = self.flows.lookup(6, 0, fwd.to16(info.src), info.sport, fwd.to16(info.dst), info.dport)
+        flags = info.tcp_flags
+        if idx < 0:
+            if flags & (SYN | ACK | RST) == SYN:
+                self._guest_syn(info)
+            else:
+                self._drop("tcp-no-flow")
+            return
+        c = self.conns.get(idx)
+        if c is None:
+            self._drop("tcp-no-flow")
+            return
+        c.last_activity = self._now()
+        if flags & RST:
+            self._count("tcp_rst_from_guest")
+            # an accepted connection refused by the guest: orderly EOF to the client (6.3)
+            self._free(c, abort=bool(c.events & ESTABLISHED))
+            return
+        if c.events & ESTABLISHED:
+            self._established(c, frame, info)
+        elif c.events & SOCK_ACCEPTED:
+            self._guest_syn_ack(c, frame, info)
+        elif c.events & TAP_SYN_RCVD:
+            if flags & SYN:
+                if c.events & TAP_SYN_ACK_SENT and info.tcp_seq == c.guest_isn:
+                    self._ctrl(c, SYN | ACK, seq=c.isn, options=self._syn_options(c),
+                               window=min(c.wnd_from_tap, 0xFFFF) or 0xFFFF)
+                # else: duplicate SYN while connect() pends: ignored
+                return
+            if not c.events & TAP_SYN_ACK_SENT:
+                return
+            if not flags & ACK:
+                self._reset(c)
+                return
+            if info.tcp_ack != c.seq_to_tap:
+                self._reset(c)
+                return
+            c.events = ESTABLISHED
+            c.wnd_from_tap = info.tcp_window << c.ws_from_tap
+            c.last_progress = c.last_activity
+            self._established(c, frame, info)
+            if c.sock is not None and not c.events & CLOSED:
+                self._push(c)
+
+    def _guest_syn(self, info: Any) -> None:
+        ctx = self.ctx
+        v = info.ip_version
+        if len(self.conns) >= self.capacity:
+            self._count("tcp_flows_refused")
+            self._reply_rst(info)
+            return
+        dst = fwd.outbound_target(ctx, info.dst)
+        family = socket.AF_INET if v == 4 else socket.AF_INET6
+        try:
+            s = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        except OSError as exc:
+            log.warning("tcp: socket(): %s", exc)
+            self._count("tcp_socket_errors")
+            return
+        c = self._new_conn(v, info.src, info.sport, info.dst, info.dport, s)
+        if c is None:
+            s.close()
+            self._reply_rst(info)
+            return
+        c.events = TAP_SYN_RCVD
+        c.guest_isn = info.tcp_seq
+        c.seq_from_tap = (info.tcp_seq + 1) & _M32
+        mss = info.tcp_mss if info.tcp_mss and info.tcp_mss > 0 else MSS_DEFAULT
+        c.mss = max(64, min(mss, 65535 - 60) & ~3)
+        if info.tcp_wscale is not None and info.tcp_wscale >= 0:
+            c.ws_from_tap = info.tcp_wscale if info.tcp_wscale <= 14 else 0
+            c.ws_to_tap = WS_OFFERED
+        c.wnd_from_tap = max(info.tcp_window, 1)
+        c.isn = self._isn(info.dst, info.sport, info.src, info.dport)
+        c.seq_to_tap = c.seq_ack_from_tap = c.isn
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, c.mss)
+        except OSError:
+            pass
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        scope = 0
+        if v == 6 and fwd.is_v6_ll(dst):
+            scope = int(getattr(self.conf, "ifindex6", 0) or getattr(self.conf, "ifindex", 0) or 0)
+        self._bind_outbound(s, v, dst)
+        err = s.connect_ex(fwd.sockaddr(dst, info.dport, scope))
+        if err == 0:
+            self._syn_ack(c)
+        elif err in (errno.EINPROGRESS, errno.EAGAIN):
+            self._set_writing(c, True, lambda c=c: self._on_connect(c))
+        else:
+            self._count("tcp_connect_refused")
+            self._free(c)
+            self._reply_rst(info)
+
+    def _bind_outbound(self, s: socket.socket, v: int, dst: bytes) -> None:
+        if (len(dst) == 4 and dst[0] == 127) or dst == fwd.V6_LOOPBACK or fwd.is_v6_ll(dst):
+            return
+        conf = self.conf
+        addr = fwd.conf_addr(conf, "outbound4" if v == 4 else "outbound6")
+        ifname = getattr(conf, "outbound_if4" if v == 4 else "outbound_if6", None)
+        try:
+            if ifname:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, str(ifname).encode())
+            if addr:
+                s.bind(fwd.sockaddr(addr, 0))
+        except OSError as exc:
+            log.debug("tcp: outbound bind: %s", exc)
+
+    def _on_connect(self, c: Conn) -> None:
+        self._set_writing(c, False)
+        if c.sock is None:
+            return
+        err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._count("tcp_connect_refused")
+            # RST|ACK acknowledging the SYN: the guest's connect() fails at once
+            c.seq_to_tap = 0
+            self._ctrl(c, RST | ACK, seq=0, window=0)
+            self._free(c)
+            return
+        self._syn_ack(c)
+
+    def _syn_ack(self, c: Conn) -> None:
+        c.events = TAP_SYN_RCVD | TAP_SYN_ACK_SENT
+        c.last_progress = self._now()
+        self._ctrl(c, SYN | ACK, seq=c.isn, options=self._syn_options(c),
+                   window=min(WINDOW_DEFAULT << 2, 0xFFFF))
+        c.seq_to_tap = (c.isn + 1) & _M32
+        c.seq_ack_from_tap = c.seq_to_tap
+
+    def _guest_syn_ack(self, c: Conn, frame: Any, info: Any) -> None:
+        flags = info.tcp_flags
+        if flags & (SYN | ACK | FIN) != SYN | ACK or info.tcp_ack != c.seq_to_tap:
+            self._reset(c)
+            return
+        c.guest_isn = info.tcp_seq
+        c.seq_from_tap = (info.tcp_seq + 1) & _M32
+        mss = info.tcp_mss if info.tcp_mss and info.tcp_mss > 0 else MSS_DEFAULT
+        c.mss = max(64, min(mss, 65535 - 60) & ~3)
+        if info.tcp_wscale is not None and info.tcp_wscale >= 0:
+            c.ws_from_tap = info.tcp_wscale if info.tcp_wscale <= 14 else 0
+            c.ws_to_tap = WS_OFFERED
+        c.wnd_from_tap = max(info.tcp_window, 1)  # SYN windows are unscaled
+        c.events = ESTABLISHED
+        c.last_progress = self._now()
+        self._ctrl(c, ACK)
+        self._push(c)
+
+    def _established(self, c: Conn, frame: Any, info: Any) -> None:
+        flags = info.tcp_flags
+        now = c.last_activity
+        if flags & SYN:
+            self._ctrl(c, ACK)  # challenge ACK: we are past the handshake
+            return
+        plen = info.payload_len
+        if flags & ACK:
+            self._guest_ack(c, info, plen, now)
+            if c.events & CLOSED:
+                return
+        if plen or flags & FIN:
+            self._guest_data(c, frame, info, plen)
+        elif _d(info.tcp_seq, c.seq_from_tap) < 0:
+            self._ctrl(c, ACK)  # zero-length keep-alive probe (11.1 bug 4: answered)
+        if (c.events & TAP_FIN_RCVD and c.events & TAP_FIN_ACKED) and not c.events & CLOSED:
+            self._free(c)
+
+    def _guest_ack(self, c: Conn, info: Any, plen: int, now: float) -> None:
+        ack = info.tcp_ack
+        wnd = min(info.tcp_window << c.ws_from_tap, MAX_WINDOW)
+        acked = _d(ack, c.seq_ack_from_tap)
+        sent = _d(c.seq_to_tap, c.seq_ack_from_tap)
+        old_wnd = c.wnd_from_tap
+        if acked > 0 and acked <= sent:
+            data = acked
+            if c.fin_seq >= 0 and _d(ack, c.fin_seq) > 0:
+                data -= 1
+                c.events |= TAP_FIN_ACKED
+            self._consume(c, data)
+            if c.sock is None:
+                return
+            c.seq_ack_from_tap = ack
+            c.retries = 0
+            c.dupacks = 0
+            c.last_progress = now
+            c.wnd_from_tap = wnd
+            self._push(c)
+        elif acked == 0:
+            c.wnd_from_tap = wnd
+            if (sent > 0 and plen == 0 and not info.tcp_flags & (FIN | SYN) and wnd == old_wnd):
+                c.dupacks += 1
+                if c.dupacks == 3:
+                    self._count("tcp_fast_retransmits")
+                    self._rewind(c)
+            elif wnd > old_wnd:
+                self._push(c)
+
+    def _consume(self, c: Conn, n: int) -> None:
+        """Drop n acknowledged bytes from the socket's receive queue."""
+        while n > 0:
+            try:
+                k = c.sock.recv_into(self.dmv, min(n, len(self.dmv)), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._reset(c)
+                return
+            if k <= 0:
+                break
+            n -= k
+
+    def _rewind(self, c: Conn) -> None:
+        """Retransmit from the last byte the guest acknowledged."""
+        c.seq_to_tap = c.seq_ack_from_tap
+        if c.fin_seq >= 0 and not c.events & TAP_FIN_ACKED:
+            c.events &= ~TAP_FIN_SENT
+            c.fin_seq = -1
+        try:
+            c.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        except OSError:
+            pass
+        c.dupacks = 0
+        self._push(c)
+
+    def _guest_data(self, c: Conn, frame: Any, info: Any, plen: int) -> None:
+        off = _d(info.tcp_seq, c.seq_from_tap)
+        fin = bool(info.tcp_flags & FIN)
+        if c.events & TAP_FIN_RCVD:
+            if plen or (fin and off >= 0):
+                self._ctrl(c, ACK)
+            return
+        if off > 0:
+            self._count("tcp_out_of_order")
+            self._ctrl(c, ACK)  # duplicate ACK: the guest retransmits the gap
+            return
+        if off + plen < 0 or (off + plen == 0 and not fin) or (off + plen == 0 and off < 0):
+            self._ctrl(c, ACK)  # old data, keep-alive probe
+            return
+        start = info.payload_offset - off
+        end = info.payload_offset + plen
+        written = 0
+        if end > start:
+            try:
+                written = c.sock.send(frame[start:end], socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            except BlockingIOError:
+                written = 0
+            except BrokenPipeError:
+                written = end - start
+            except OSError:
+                self._reset(c)
+                return
+            c.seq_from_tap = (c.seq_from_tap + written) & _M32
+            if written < end - start:
+                self._count("tcp_sndbuf_full")
+                self._set_writing(c, True)
+        if fin and written == end - start:
+            c.seq_from_tap = (c.seq_from_tap + 1) & _M32
+            c.events |= TAP_FIN_RCVD
+            try:
+                c.sock.shutdown(socket.SHUT_WR)
+                c.events |= SOCK_FIN_SENT
+            except OSError:
+                pass
+        self._ctrl(c, ACK)
+
+    def _on_writable(self, c: Conn) -> None:
+        """The socket drained: tell the guest its window reopened."""
+        self._set_writing(c, False)
+        if c.sock is not None and c.events & ESTABLISHED:
+            self._ctrl(c, ACK)
+
+    # -- host side -------------------------------------------------------------
+    def _on_readable(self, c: Conn) -> None:
+        if c.sock is not None:
+            c.last_activity = self._now()
+            self._push(c)
+
+    def _push(self, c: Conn) -> None:
+        """Send host data the guest has not seen, within its window (6.4)."""
+        if c.sock is None or not c.events & ESTABLISHED:
+            return
+        if c.events & TAP_FIN_SENT:
+            self._set_reading(c, False)
+            return
+        outstanding = _d(c.seq_to_tap, c.seq_ack_from_tap)
+        avail = c.wnd_from_tap - outstanding
+        if avail <= 0:
+            if not c.stalled_since:
+                c.stalled_since = self._now()
+            self._set_reading(c, False)
+            return
+        c.stalled_since = 0.0
+        seg = self._seg_size(c)
+        hl = self.h.header_len(c.v, 6)
+        nslots = min(NSLOTS, (avail + seg - 1) // seg)
+        iov = []
+        fmv = self.fmv
+        peek_off = c.peekoff
+        if not peek_off and outstanding:
+            if self._big_discard is None:
+                self._big_discard = memoryview(bytearray(DISCARD))
+            iov.append(self._big_discard[:outstanding])
+        left = avail
+        for i in range(nslots):
+            n = min(seg, left)
+            base = i * SLOT + hl
+            iov.append(fmv[base:base + n])
+            left -= n
+        try:
+            got = c.sock.recvmsg_into(iov, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)[0]
+        except BlockingIOError:
+            got = -1
+        except OSError:
+            self._reset(c)
+            return
+        if not peek_off:
+            got = -1 if got == outstanding and outstanding else got - (outstanding if got > 0 else 0)
+        if got == 0:
+            c.events |= SOCK_FIN_RCVD
+        if got > 0:
+            frames = []
+            h = self.h
+            gmac, omac = self.ctx.guest_mac, self.conf.our_mac
+            seq = c.seq_to_tap
+            ack = c.seq_from_tap
+            wnd = self._wnd_to_tap(c)
+            left = got
+            i = 0
+            while left > 0:
+                n = min(seg, left)
+                base = i * SLOT
+                flen = h.build_tcp(self.fbuf, base, gmac, omac, c.raddr, c.gaddr, c.rport,
+                                   c.gport, seq, ack, ACK, wnd, n)
+                frames.append(fmv[base:base + flen])
+                seq = (seq + n) & _M32
+                left -= n
+                i += 1
+            c.last_wnd = wnd
+            if not outstanding:
+                c.last_progress = self._now()
+            c.seq_to_tap = seq
+            self.ctx.to_guest_many(frames)
+            self._count("tcp_segments_to_guest", len(frames))
+            outstanding += got
+        if c.events & SOCK_FIN_RCVD and got <= 0:
+            # everything the host sent has been sent to the guest: FIN
+            c.fin_seq = c.seq_to_tap
+            self._ctrl(c, FIN | ACK)
+            c.seq_to_tap = (c.seq_to_tap + 1) & _M32
+            c.events |= TAP_FIN_SENT
+            self._set_reading(c, False)
+            return
+        if c.wnd_from_tap - outstanding <= 0:
+            self._set_reading(c, False)
+            return
+        lowat = min(outstanding + 1, 0x7FFFFFFF)
+        if lowat != c.lowat:
+            try:
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+                c.lowat = lowat
+            except OSError:
+                pass
+        self._set_reading(c, True)
+
+    def _on_accept(self, lsock: socket.socket, fw: fwd.Forward) -> None:
+        ctx = self.ctx
+        for _ in range(ACCEPT_BATCH):
+            try:
+                s, peer = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("tcp: accept: %s", exc)
+                return
+            s.setblocking(False)
+            src = fwd.peer_bytes(s.family, peer)
+            v = 4 if len(src) == 4 else 6
+            rsrc, gdst = fwd.inbound_source(ctx, src)
+            if not gdst or len(self.conns) >= self.capacity:
+                self._count("tcp_flows_refused")
+                s.close()
+                continue
+            c = self._new_conn(v, gdst, fw.guest_port, rsrc, peer[1], s)
+            if c is None:
+                s.close()
+                continue
+            c.events = SOCK_ACCEPTED
+            c.ws_to_tap = WS_OFFERED
+            c.isn = self._isn(rsrc, fw.guest_port, gdst, peer[1])
+            try:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            self._ctrl(c, SYN, seq=c.isn, options=self._syn_options(c), window=0xFFFF)
+            c.seq_to_tap = c.seq_ack_from_tap = (c.isn + 1) & _M32
+            self._count("tcp_accepted")
+
+    # -- timers ----------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        for c in list(self.conns.values()):
+            if c.events & CLOSED:
+                continue
+            if not c.events & ESTABLISHED:
+                if now - c.created >= SYN_TIMEOUT:
+                    self._count("tcp_handshake_timeouts")
+                    self._reset(c)
+                continue
+            if c.events & SOCK_FIN_SENT and c.events & TAP_FIN_ACKED:
+                if now - c.last_activity >= FIN_TIMEOUT:
+                    self._reset(c)
+                    continue
+            if now - c.last_activity >= ACT_TIMEOUT:
+                self._count("tcp_idle_timeouts")
+                self._reset(c)
+                continue
+            outstanding = _d(c.seq_to_tap, c.seq_ack_from_tap)
+            if outstanding > 0 and now - c.last_progress >= ACK_TIMEOUT:
+                c.retries += 1
+                if c.retries > MAX_RETRANS:
+                    self._count("tcp_retransmit_timeouts")
+                    self._reset(c)
+                    continue
+                c.last_progress = now
+                self._count("tcp_retransmits")
+                self._rewind(c)
+            elif outstanding == 0 and c.stalled_since and now - c.stalled_since >= ACK_TIMEOUT:
+                # zero window: probe so that a lost window update is repeated
+                c.stalled_since = now
+                self._ctrl(c, ACK, seq=(c.seq_to_tap - 1) & _M32)
+
+    def close(self) -> None:
+        for c in list(self.conns.values()):
+            self._free(c, abort=True)
+        for s, _ in self.listeners:
+            try:
+                self.ctx.loop.remove_reader(s.fileno())
+            except Exception:
+                pass
+            s.close()
+        self.listeners = []
+
+    def stats(self) -> dict[str, int]:
+        return {"connections": len(self.conns), "listeners": len(self.listeners)}
+
+
+# names the dispatcher may import
+TCP = TcpEngine
+Engine = TcpEngine

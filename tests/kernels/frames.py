@@ -1,0 +1,65 @@
+"""Known frames for the kernel tests, built with scapy (the independent oracle) or hard-coded."""
+from __future__ import annotations
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    ICMPv6ND_RA,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+
+MAC_G = "52:54:00:12:34:56"
+MAC_H = "9a:55:9a:55:9a:55"
+A4, B4 = "192.0.2.2", "198.51.100.7"
+A6, B6 = "2001:db8::2", "2001:db8:1::7"
+
+# Real frames (hex) with the checksums the wire carried (passt-reference 8.3):
+# (2) a passt ICMP echo reply to the guest, (3) a passt-style TCP/IPv4 PSH|ACK "hello",
+# (4) the same TCP segment over IPv6.
+_ETH4 = "5254001234569a559a559a550800"
+_ETH6 = "5254001234569a559a559a5586dd"
+REAL_ICMP_REPLY = bytes.fromhex(
+    _ETH4 + "4500002400000000ff0137c4c000020ac000020a" + "0000062342420007" + "70696e6764617461"
+)
+REAL_TCP4 = bytes.fromhex(
+    _ETH4 + "4500002d00000000ff0637bfc0000201c000020a"
+    + "23289c40000000010000000150180200267f0000" + "68656c6c6f"
+)
+REAL_TCP6 = bytes.fromhex(
+    _ETH6 + "6000000000190640" + "20010db8000000000000000000000001"
+    + "20010db8000000000000000000000002"
+    + "23289c400000000100000001501802004f160000" + "68656c6c6f"
+)
+REAL = {"icmp_reply": REAL_ICMP_REPLY, "tcp4": REAL_TCP4, "tcp6": REAL_TCP6}
+
+SCAPY_FRAMES = {
+    "tcp4": Ether(dst=MAC_H, src=MAC_G) / IP(src=A4, dst=B4, ttl=64) / TCP(
+        sport=40000, dport=80, seq=123456, ack=654321, flags="PA", window=29200,
+        options=[("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1234, 5678)), ("NOP", None),
+                 ("WScale", 7)]) / (b"GET / HTTP/1.0\r\n\r\n"),
+    "tcp4_opts_ip": Ether(dst=MAC_H, src=MAC_G) / IP(src=A4, dst=B4, options=b"\x01\x01\x01\x00") / TCP(
+        sport=1, dport=2, flags="S") / b"x",
+    "udp4": Ether(dst=MAC_H, src=MAC_G) / IP(src=A4, dst=B4) / UDP(sport=5353, dport=53) / (b"q" * 31),
+    "icmp4": Ether(dst=MAC_H, src=MAC_G) / IP(src=A4, dst=B4) / ICMP(id=0x1234, seq=7) / b"pingdata",
+    "tcp6": Ether(dst=MAC_H, src=MAC_G) / IPv6(src=A6, dst=B6, hlim=64) / TCP(
+        sport=33000, dport=443, seq=1, ack=2, flags="A", window=100) / (b"z" * 101),
+    "udp6": Ether(dst=MAC_H, src=MAC_G) / IPv6(src=A6, dst=B6) / UDP(sport=546, dport=547) / b"dhcpv6",
+    "icmp6": Ether(dst=MAC_H, src=MAC_G) / IPv6(src=A6, dst=B6) / ICMPv6EchoRequest(id=9, seq=3, data=b"abc"),
+    "ra6": Ether(dst=MAC_G, src=MAC_H) / IPv6(src="fe80::1", dst="ff02::1") / ICMPv6ND_RA(),
+    "udp6_ext": Ether(dst=MAC_H, src=MAC_G) / IPv6(src=A6, dst=B6) / IPv6ExtHdrHopByHop()
+    / IPv6ExtHdrRouting(addresses=[]) / IPv6ExtHdrDestOpt() / UDP(sport=7, dport=9) / b"ext",
+    "tcp6_atomic_frag": Ether(dst=MAC_H, src=MAC_G) / IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(
+        offset=0, m=0, id=5) / TCP(sport=5, dport=6) / b"af",
+    "vlan_udp4": Ether(dst=MAC_H, src=MAC_G) / Dot1Q(vlan=42) / IP(src=A4, dst=B4) / UDP(
+        sport=1000, dport=2000) / b"vlan",
+    "arp": Ether(dst="ff:ff:ff:ff:ff:ff", src=MAC_G) / ARP(op=1, hwsrc=MAC_G, psrc=A4, pdst=B4),
+}
+
+
+def frame_bytes(name: str) -> bytes:
+    return bytes(SCAPY_FRAMES[name])
