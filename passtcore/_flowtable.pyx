@@ -58,6 +58,18 @@ __all__ = [
 
 cdef enum:
     KEY_LEN = 38        # canonical key bytes hashed
+    CHUNK = 16          # batch rows hashed and prefetched together
+
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define PASSTCORE_PREFETCH(p) __builtin_prefetch(p)
+    #else
+    #define PASSTCORE_PREFETCH(p) ((void)0)
+    #endif
+    """
+    void PASSTCORE_PREFETCH(const void* p) noexcept nogil
 
 
 ctypedef struct FlowKey:
@@ -137,6 +149,39 @@ def siphash24(key, data) -> int:
     split_key(bytes(key), &k0, &k1)
     cdef bytes b = data if PyBytes_CheckExact(data) else memoryview(data).tobytes()
     return siphash24_raw(k0, k1, <const uint8_t*>PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b))
+
+
+ctypedef struct KeyRows:
+    Py_ssize_t n
+    const uint8_t* protos
+    const uint8_t* sides
+    const uint8_t* saddrs      # n x 16
+    const uint16_t* sports
+    const uint8_t* daddrs      # n x 16
+    const uint16_t* dports
+
+
+cdef tuple key_rows(KeyRows* rows, protos, sides, saddrs, sports, daddrs, dports):
+    """Coerce batch arrays (shared rules, see coerce_batch) and point rows at them.
+
+    Returns the arrays: the caller keeps them alive while rows is used.
+    """
+    arrays = coerce_batch(protos, sides, saddrs, sports, daddrs, dports)
+    cdef cnp.ndarray p = arrays[0], s = arrays[1], sa = arrays[2], sp = arrays[3], da = arrays[4], dp = arrays[5]
+    rows.n = p.shape[0]
+    rows.protos = <const uint8_t*>p.data
+    rows.sides = <const uint8_t*>s.data
+    rows.saddrs = <const uint8_t*>sa.data
+    rows.sports = <const uint16_t*>sp.data
+    rows.daddrs = <const uint8_t*>da.data
+    rows.dports = <const uint16_t*>dp.data
+    return arrays
+
+
+cdef inline void row_key(const KeyRows* rows, Py_ssize_t r, FlowKey* k) noexcept nogil:
+    key_fill(k, rows.protos[r], rows.sides[r], rows.sports[r], rows.dports[r])
+    memcpy(<uint8_t*>k + 6, rows.saddrs + 16 * r, 16)
+    memcpy(<uint8_t*>k + 22, rows.daddrs + 16 * r, 16)
 
 
 cdef cnp.ndarray out_array(object out, Py_ssize_t n):
@@ -248,9 +293,12 @@ cdef class FlowTable:
         return i
 
     cdef inline int32_t _lookup(self, const FlowKey* k) noexcept nogil:
+        return self._lookup_tagged(k, self._hash(k))
+
+    cdef inline int32_t _lookup_tagged(self, const FlowKey* k, uint32_t tag) noexcept nogil:
         cdef size_t b
         cdef uint64_t probes
-        cdef int32_t i = self._find(k, self._hash(k), &b, &probes)
+        cdef int32_t i = self._find(k, tag, &b, &probes)
         self._lookups += 1
         self._probe_total += probes
         if probes > self._probe_max:
@@ -387,14 +435,8 @@ cdef class FlowTable:
 
     def indices(self):
         """Indices in use, ascending, as int64."""
-        cdef cnp.ndarray[int64_t, ndim=1] out = np.empty(self._n, dtype=np.int64)
-        cdef int64_t* o = <int64_t*>out.data
-        cdef Py_ssize_t i, c = 0
-        with nogil:
-            for i in range(self._capacity):
-                if self._used[i]:
-                    o[c] = i
-                    c += 1
+        cdef cnp.ndarray out = np.empty(self._n, dtype=np.int64)
+        self._indices(<int64_t*>out.data)
         return out
 
     def expire(self, double now, double timeout):
@@ -402,17 +444,9 @@ cdef class FlowTable:
 
         Returns their indices, ascending, as int64.
         """
-        cdef cnp.ndarray[int64_t, ndim=1] out = np.empty(self._n, dtype=np.int64)
-        cdef int64_t* o = <int64_t*>out.data
-        cdef Py_ssize_t i, c = 0, n0 = self._n
-        with nogil:
-            for i in range(self._capacity):
-                if self._used[i] and now - self._seen[i] >= timeout:
-                    o[c] = i
-                    c += 1
-            for i in range(c):
-                self._unlink(<int32_t>o[i])
-            self._expired += c
+        cdef Py_ssize_t n0 = self._n
+        cdef cnp.ndarray out = np.empty(n0, dtype=np.int64)
+        cdef Py_ssize_t c = self._expire(now, timeout, <int64_t*>out.data)
         return out if c == n0 else out[:c].copy()
 
     def clear(self) -> None:
@@ -423,23 +457,10 @@ cdef class FlowTable:
     # -- batch API --------------------------------------------------------
     def lookup_batch(self, protos, sides, saddrs, sports, daddrs, dports, out=None):
         """Look up N keys given as arrays (addresses as (N, 16) uint8 rows); int64 indices, -1 = absent."""
-        p, s, sa, sp, da, dp = coerce_batch(protos, sides, saddrs, sports, daddrs, dports)
-        cdef const uint8_t[::1] vp = p
-        cdef const uint8_t[::1] vs = s
-        cdef const uint8_t[:, ::1] vsa = sa
-        cdef const uint16_t[::1] vsp = sp
-        cdef const uint8_t[:, ::1] vda = da
-        cdef const uint16_t[::1] vdp = dp
-        cdef Py_ssize_t n = vp.shape[0], r
-        cdef cnp.ndarray res = out_array(out, n)
-        cdef int64_t* o = <int64_t*>res.data
-        cdef FlowKey k
-        with nogil:
-            for r in range(n):
-                key_fill(&k, vp[r], vs[r], vsp[r], vdp[r])
-                memcpy(<uint8_t*>&k + 6, &vsa[r, 0], 16)
-                memcpy(<uint8_t*>&k + 22, &vda[r, 0], 16)
-                o[r] = self._lookup(&k)
+        cdef KeyRows rows
+        keep = key_rows(&rows, protos, sides, saddrs, sports, daddrs, dports)
+        cdef cnp.ndarray res = out_array(out, rows.n)
+        self._lookup_rows(&rows, <int64_t*>res.data)
         return res
 
     def insert_batch(self, protos, sides, saddrs, sports, daddrs, dports, double now=0.0):
@@ -447,45 +468,88 @@ cdef class FlowTable:
 
         :class:`FlowTableFull` when the table fills up: the rows before stay inserted.
         """
-        p, s, sa, sp, da, dp = coerce_batch(protos, sides, saddrs, sports, daddrs, dports)
-        cdef const uint8_t[::1] vp = p
-        cdef const uint8_t[::1] vs = s
-        cdef const uint8_t[:, ::1] vsa = sa
-        cdef const uint16_t[::1] vsp = sp
-        cdef const uint8_t[:, ::1] vda = da
-        cdef const uint16_t[::1] vdp = dp
-        cdef Py_ssize_t n = vp.shape[0], r, failed = -1
-        cdef cnp.ndarray res = np.empty(n, dtype=np.int64)
-        cdef int64_t* o = <int64_t*>res.data
-        cdef int32_t i
-        cdef FlowKey k
-        with nogil:
-            for r in range(n):
-                key_fill(&k, vp[r], vs[r], vsp[r], vdp[r])
-                memcpy(<uint8_t*>&k + 6, &vsa[r, 0], 16)
-                memcpy(<uint8_t*>&k + 22, &vda[r, 0], 16)
-                i = self._insert(&k, now)
-                if i == -2:
-                    failed = r
-                    break
-                o[r] = i
+        cdef KeyRows rows
+        keep = key_rows(&rows, protos, sides, saddrs, sports, daddrs, dports)
+        cdef cnp.ndarray res = np.empty(rows.n, dtype=np.int64)
+        cdef Py_ssize_t failed = self._insert_rows(&rows, now, <int64_t*>res.data)
         if failed >= 0:
             raise FlowTableFull(
                 f"flow table full ({self._capacity} flows) at batch row {failed}; rows before it were inserted")
         return res
+
+    # -- nogil loops behind the methods above ------------------------------
+    # They run with the GIL held (no Python object is touched inside): the
+    # table is shared mutable state, and keeping the GIL means another Python
+    # thread can never observe or modify it half-updated.  Being nogil C
+    # functions, they are also callable from nogil code.
+
+    cdef void _indices(self, int64_t* o) noexcept nogil:
+        cdef Py_ssize_t i, c = 0
+        for i in range(self._capacity):
+            if self._used[i]:
+                o[c] = i
+                c += 1
+
+    cdef Py_ssize_t _expire(self, double now, double timeout, int64_t* o) noexcept nogil:
+        cdef Py_ssize_t i, c = 0
+        for i in range(self._capacity):
+            if self._used[i] and now - self._seen[i] >= timeout:
+                o[c] = i
+                c += 1
+        for i in range(c):
+            self._unlink(<int32_t>o[i])
+        self._expired += c
+        return c
+
+    cdef void _lookup_rows(self, const KeyRows* rows, int64_t* o) noexcept nogil:
+        # Rows go in chunks: hash them all and prefetch their home buckets,
+        # prefetch the keys those buckets point to, then probe.  On tables
+        # larger than the caches this overlaps the memory misses of a chunk.
+        cdef FlowKey ks[CHUNK]
+        cdef uint32_t tags[CHUNK]
+        cdef Py_ssize_t c = 0, r, m
+        cdef int32_t i
+        while c < rows.n:
+            m = CHUNK if rows.n - c > CHUNK else rows.n - c
+            for r in range(m):
+                row_key(rows, c + r, &ks[r])
+                tags[r] = self._hash(&ks[r])
+                PASSTCORE_PREFETCH(&self._b[tags[r] & self._mask])
+            for r in range(m):
+                i = self._b[tags[r] & self._mask].idx
+                if i >= 0:
+                    PASSTCORE_PREFETCH(&self._keys[i])
+            for r in range(m):
+                o[c + r] = self._lookup_tagged(&ks[r], tags[r])
+            c += m
+
+    cdef Py_ssize_t _insert_rows(self, const KeyRows* rows, double now, int64_t* o) noexcept nogil:
+        """Row at which the table was found full, or -1."""
+        cdef FlowKey k
+        cdef Py_ssize_t r
+        cdef int32_t i
+        for r in range(rows.n):
+            row_key(rows, r, &k)
+            i = self._insert(&k, now)
+            if i == -2:
+                return r
+            o[r] = i
+        return -1
+
+    cdef size_t _max_displacement(self) noexcept nogil:
+        cdef size_t b, d, dmax = 0
+        for b in range(self._nbuckets):
+            if self._b[b].idx >= 0:
+                d = (b - (self._b[b].tag & self._mask)) & self._mask
+                if d > dmax:
+                    dmax = d
+        return dmax
 
     # -- introspection ----------------------------------------------------
     def stats(self) -> dict:
         """Counters: entries, capacity, buckets, inserts, removes, expired, lookups, hits, misses,
         probe_total / probe_max (buckets examined per lookup), max_displacement (current
         distance of the farthest entry from its home bucket), load_factor."""
-        cdef size_t b, d, dmax = 0
-        with nogil:
-            for b in range(self._nbuckets):
-                if self._b[b].idx >= 0:
-                    d = (b - (self._b[b].tag & self._mask)) & self._mask
-                    if d > dmax:
-                        dmax = d
         return {
             "entries": self._n,
             "capacity": self._capacity,
@@ -498,7 +562,7 @@ cdef class FlowTable:
             "misses": self._lookups - self._hits,
             "probe_total": self._probe_total,
             "probe_max": self._probe_max,
-            "max_displacement": dmax,
+            "max_displacement": self._max_displacement(),
             "load_factor": self._n / <double>self._nbuckets,
         }
 

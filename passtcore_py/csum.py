@@ -35,6 +35,8 @@ __all__ = [
     "csum_update32",
     "csum_update_bytes",
     "csum_add",
+    "has_avx2",
+    "set_force_scalar",
 ]
 
 _M = 0xFFFF
@@ -262,3 +264,13 @@ def csum_update_bytes(csum: int, old: bytes, new: bytes) -> int:
         s += (~((old[i] << 8) | old[i + 1])) & _M
         s += (new[i] << 8) | new[i + 1]
     return (~_canon(s, bool(s))) & _M
+
+
+def has_avx2() -> bool:
+    """API parity with the Cython kernel: the twin has no SIMD loop."""
+    return False
+
+
+def set_force_scalar(on: bool) -> bool:
+    """API parity with the Cython kernel (no effect here); returns False."""
+    return False

@@ -328,7 +328,7 @@ class FlowTable:
                 break
             home = self._hash[e] & mask
             # move e back if the hole lies between its home bucket and j
-            if ((j - home) & mask) > ((j - b) & mask):
+            if ((j - home) & mask) >= ((j - b) & mask):
                 bidx[b] = e
                 b = j
         bidx[b] = -1

@@ -81,7 +81,7 @@ def iperf(env: Env, link: Link, seconds: int, streams: int, reverse: bool) -> di
         # Only a receiving client accepts --rcv-timeout; the subprocess timeout bounds the rest.
         argv += ["-R", "--rcv-timeout", "10000"]
     try:
-        res = env.run(env.guest, argv, timeout=seconds + 25, check=False)
+        res = env.run(env.guest, argv, timeout=seconds + 15, check=False)
     except EnvError as exc:
         raise MeasureFailed(str(exc)) from exc
     try:

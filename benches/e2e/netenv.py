@@ -140,10 +140,6 @@ class Env:
         self._procs.append(proc)
         return proc
 
-    def forget(self, proc: subprocess.Popen) -> None:
-        if proc in self._procs:
-            self._procs.remove(proc)
-
     # -- topology ------------------------------------------------------------------
     def setup(self) -> Env:
         if self.sandbox is not None:
@@ -225,23 +221,17 @@ class Env:
 
     # -- cleanup -------------------------------------------------------------------
     def close(self) -> None:
-        if self.sandbox is not None:
-            # The sandbox stops its processes by PID, ours included, then
-            # removes the namespaces and /etc/netns dir.
-            for proc in reversed(self._procs):
-                try:
-                    stop_process(proc)
-                except Exception:
-                    pass
-            self._procs.clear()
-            self.sandbox.close()
-            return
         for proc in reversed(self._procs):
             try:
                 stop_process(proc)
             except Exception:  # keep cleaning up the rest
                 pass
         self._procs.clear()
+        if self.sandbox is not None:
+            # Also kills by PID whatever still runs in its namespaces, then
+            # removes them and the /etc/netns dir.
+            self.sandbox.close()
+            return
         for ns in reversed(self._created):
             sh(["ip", "netns", "del", ns], check=False)
         self._created.clear()

@@ -51,7 +51,7 @@ def _config(quick: bool) -> dict:
     return {"iperf_seconds": 10, "latency_seconds": 5.0, "latency_rounds": 50000, "cps_seconds": 5.0}
 
 
-def bench_one(name: str, cfg: dict, logdir: str) -> dict:
+def bench_one(name: str, cfg: dict, logdir: str, res: dict) -> dict:
     """Everything for one translator; never raises EnvError/MeasureFailed.
 
     Each guest MTU gets a fresh set of namespaces and a translator started for
@@ -59,12 +59,15 @@ def bench_one(name: str, cfg: dict, logdir: str) -> dict:
     in the MTU 65520 world after its iperf3 runs; the memory row reports that
     process's VmRSS after all of them, VmHWM is the peak over both processes.
     """
-    res: dict = {"status": "ok", "metrics": {}, "errors": {}, "notes": [], "memory_kib": {}, "pids": {}}
+    res.update({"status": "interrupted", "metrics": {}, "errors": {}, "notes": [], "memory_kib": {}, "pids": {}})
     t0 = time.monotonic()
+    # The machine may be shared: the load around each row helps read its numbers.
+    res["loadavg_start"] = list(os.getloadavg())
+    status = "ok"
     for mtu in MTUS:
         failure = bench_mtu(name, mtu, cfg, logdir, res)
         if failure:
-            res["status"] = f"failed: {failure}"
+            status = f"failed: {failure}"
             if mtu == MTUS[0]:
                 # A translator that cannot start or dies in the first world will not
                 # do better in the second: mark the remaining tests and move on.
@@ -72,6 +75,7 @@ def bench_one(name: str, cfg: dict, logdir: str) -> dict:
                     if key not in res["metrics"]:
                         res["errors"].setdefault(key, "not run")
                 break
+    res["status"] = status  # "interrupted" until here
     hwm = [m.get("VmHWM", 0) for m in res["memory_kib"].values()]
     if hwm and max(hwm):
         res["memory_kib"]["max_hwm"] = max(hwm)
@@ -82,6 +86,7 @@ def bench_one(name: str, cfg: dict, logdir: str) -> dict:
         res["status"] = f"partial: {len(res['errors'])} test(s) failed"
     res["pid"] = res["pids"].get(str(MTUS[0]))
     res["wall_seconds"] = round(time.monotonic() - t0, 1)
+    res["loadavg_end"] = list(os.getloadavg())
     return res
 
 
@@ -94,6 +99,7 @@ def bench_mtu(name: str, mtu: int, cfg: dict, logdir: str, res: dict) -> str | N
     """One fresh world at guest MTU ``mtu``; fills ``res``; returns a failure reason or None."""
     tr = ALL[name]
     with make_env() as env:
+        res["topology"] = env.topology
         try:
             link = tr.start(env, mtu, logdir)
         except (TranslatorFailed, EnvError, OSError) as exc:
@@ -104,7 +110,7 @@ def bench_mtu(name: str, mtu: int, cfg: dict, logdir: str, res: dict) -> str | N
             if note not in res["notes"]:
                 res["notes"].append(note)
         try:
-            budget = 120 + len(STREAMS) * 2 * (cfg["iperf_seconds"] + 25) + 2 * 60
+            budget = 120 + len(STREAMS) * 2 * (cfg["iperf_seconds"] + 15) + 2 * 60
             measure.start_servers(env, link, max_seconds=budget)
         except EnvError as exc:
             return f"servers (MTU {mtu}): {exc}"
@@ -130,6 +136,11 @@ def bench_mtu(name: str, mtu: int, cfg: dict, logdir: str, res: dict) -> str | N
             attempt("cps", lambda: measure.cps(env, link, cfg["cps_seconds"]))
         if link.pid:
             res["memory_kib"][str(mtu)] = read_mem_kib(link.pid)
+        if res["errors"]:
+            for line in link.log_highlights():
+                note = f"log: {line}"
+                if note not in res["notes"]:
+                    res["notes"].append(note)
         if not link.alive():
             return link.exit_reason()
     return None
@@ -187,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in a.names:
             print(f"== {name}", file=sys.stderr, flush=True)
-            doc["translators"][name] = bench_one(name, cfg, logdir)
+            doc["translators"][name] = {}  # filled in place: kept if interrupted
+            bench_one(name, cfg, logdir, doc["translators"][name])
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: namespaces and processes cleaned up; partial results follow", file=sys.stderr)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from netenv import GW_ADDR4, HOST_ADDR4, PREFIX4, VETH_HOST4, Env, EnvError, sh
 
-START_TIMEOUT = 10.0
+START_TIMEOUT = 20.0  # a Python daemon on a loaded 2-core box starts slowly
 
 
 class TranslatorFailed(RuntimeError):
@@ -47,6 +47,19 @@ class Link:
 
     def alive(self) -> bool:
         return self.proc is None or self.proc.poll() is None
+
+    def log_highlights(self, limit: int = 3) -> list[str]:
+        """The translator's own log lines that explain a failure."""
+        if not self.log_path:
+            return []
+        try:
+            with open(self.log_path, errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return []
+        keys = ("fail", "error", "traceback", "exception")
+        hits = [ln.strip() for ln in lines if any(k in ln.lower() for k in keys)]
+        return hits[:limit]
 
     def exit_reason(self) -> str:
         rc = self.proc.returncode if self.proc is not None else None
@@ -80,7 +93,6 @@ def read_mem_kib(pid: int) -> dict[str, int]:
 
 class Translator:
     name = ""
-    ref_mtu_max = 65520
 
     def start(self, env: Env, mtu: int, logdir: str) -> Link:
         raise NotImplementedError
@@ -141,8 +153,7 @@ class Pasta(Translator):
 
 
 class Slirp4netns(Translator):
-    name = "slirp4netns"
-    ref_mtu_max = 65520  # slirp4netns accepts up to 65521
+    name = "slirp4netns"  # accepts --mtu up to 65521
 
     def start(self, env: Env, mtu: int, logdir: str) -> Link:
         argv = ["slirp4netns", "--configure", f"--mtu={mtu}", "--netns-type=path",
@@ -194,14 +205,23 @@ class PasstcoreRun(Translator):
         proc, log_path = self._spawn(env, argv, logdir)
         guest_if = self._wait_guest_if(env, proc, log_path)
         link = Link(self.name, guest_if, GW_ADDR4, "127.0.0.1", proc=proc, pid=proc.pid, log_path=log_path)
-        link.notes.append("argv: " + " ".join(argv[1:]))
+        shown = " ".join(argv[1:]).replace(env.guest, "<guest>").replace(pidfile, "<pidfile>")
+        link.notes.append("argv: " + shown.replace(f"-m {mtu}", "-m <MTU>"))
+        configured = False
         if "--config-net" in help_text:
-            self._wait_configured(env, guest_if, proc, log_path)
-        else:
+            try:
+                self._wait_configured(env, guest_if, proc, log_path)
+                configured = True
+            except TranslatorFailed:
+                if proc.poll() is not None:
+                    raise
+                link.notes.append("--config-net did not configure the guest")
+        if not configured:
             # What the daemon's DHCP would hand out: the host's address, its gateway.
+            sh(["ip", "-n", env.guest, "-4", "addr", "flush", "dev", guest_if])
             sh(["ip", "-n", env.guest, "addr", "add", f"{HOST_ADDR4}/{PREFIX4}", "dev", guest_if])
             sh(["ip", "-n", env.guest, "link", "set", guest_if, "up"])
-            sh(["ip", "-n", env.guest, "route", "add", "default", "via", GW_ADDR4])
+            sh(["ip", "-n", env.guest, "route", "replace", "default", "via", GW_ADDR4])
             link.notes.append("guest configured statically (192.0.2.2/24 via 192.0.2.1)")
         # The daemon may fork despite -f; trust its pid file when it writes one.
         try:

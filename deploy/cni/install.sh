@@ -40,8 +40,12 @@ done
 echo "install.sh: installed $dest/$name (bundle .$name.d-$stamp)"
 
 [ "${1:-}" = "--once" ] && exit 0
-trap 'exit 0' TERM INT
+# As PID 1 of the container, sh must handle TERM itself; the sleep runs in the
+# background so that the trap fires at once, and is killed with it.
+sleeper=
+trap 'if [ -n "$sleeper" ]; then kill "$sleeper" 2>/dev/null; fi; exit 0' TERM INT
 while :; do
     sleep 3600 &
-    wait $! || true
+    sleeper=$!
+    wait "$sleeper" || true
 done

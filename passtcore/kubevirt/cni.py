@@ -35,6 +35,10 @@ import json
 import os
 import sys
 
+TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 PLUGIN_VERSION = "1.1.0"
 ABOUT = "CNI passt-binding plugin version unknown"
@@ -158,7 +162,10 @@ def _json_kind(value: object) -> str:
 
 
 def _reject_constant(name: str) -> object:
-    raise ValueError(f"invalid constant {name}")
+    # Go's JSON has no NaN / Infinity literals.
+    if name.startswith("-"):
+        raise ValueError(f"invalid character '{name[1]}' in numeric literal")
+    raise ValueError(f"invalid character '{name[0]}' looking for beginning of value")
 
 
 def _go_decode(data: bytes) -> object:
@@ -166,11 +173,15 @@ def _go_decode(data: bytes) -> object:
     text = data.decode("utf-8", "replace")  # Go substitutes U+FFFD too
     try:
         return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("exceeded max depth") from None
     except json.JSONDecodeError as exc:
         rest = text[exc.pos :]
         if not rest.strip(" \t\r\n") or exc.msg.startswith("Unterminated"):
             raise ValueError("unexpected end of JSON input") from None
-        char = go_quote(rest[0])[1:-1].replace("'", "\\'")
+        bad = rest[1:2] if exc.msg == "Invalid \\escape" else rest[0]
+        # Go's quoteChar: ' escaped, " bare, the rest as strconv.Quote.
+        char = {"'": "\\'", '"': '"'}.get(bad) or go_quote(bad)[1:-1]
         where = {
             "Extra data": "after top-level value",
             "Expecting value": "looking for beginning of value",
@@ -179,10 +190,10 @@ def _go_decode(data: bytes) -> object:
             ),
             "Expecting ':' delimiter": "after object key",
             "Expecting ',' delimiter": "after object key:value pair",
-        }.get(exc.msg, "in string literal")
+            "Invalid control character at": "in string literal",
+            "Invalid \\escape": "in string escape code",
+        }.get(exc.msg, "looking for beginning of value")
         raise ValueError(f"invalid character '{char}' {where}") from None
-    except ValueError as exc:  # NaN / Infinity
-        raise ValueError(f"invalid character '{text.lstrip()[:1]}' looking for beginning of value") from exc
 
 
 def _go_field(obj: object, key: str, struct: str, go_type: str = "string") -> object:
@@ -402,7 +413,7 @@ def cmd_add(env: dict[str, str], stdin: bytes, out: list[str], err: list[str]) -
     out.append(go_json({"cniVersion": version} if version else {}, indent=4))
 
 
-def run(env: dict[str, str], read_stdin) -> tuple[int, str, str]:
+def run(env: dict[str, str], read_stdin: Callable[[], bytes]) -> tuple[int, str, str]:
     """Run one plugin invocation; returns (exit status, stdout, stderr)."""
     out: list[str] = []
     err: list[str] = []
@@ -410,12 +421,17 @@ def run(env: dict[str, str], read_stdin) -> tuple[int, str, str]:
         command = _dispatch(env, read_stdin, out, err)
     except CNIError as exc:
         return 1, "".join(out) + exc.to_json(), "".join(err)
+    except Exception as exc:  # noqa: BLE001 - the runtime must always get a CNI error object
+        failure = CNIError(ERR_INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        return 1, failure.to_json(), "".join(err)
     if command is None:  # no CNI_COMMAND: the "about" text
         return 0, "", f"{ABOUT}\nCNI protocol versions supported: {', '.join(SUPPORTED_VERSIONS)}\n"
     return 0, "".join(out), "".join(err)
 
 
-def _dispatch(env: dict[str, str], read_stdin, out: list[str], err: list[str]) -> str | None:
+def _dispatch(
+    env: dict[str, str], read_stdin: Callable[[], bytes], out: list[str], err: list[str]
+) -> str | None:
     command = env.get("CNI_COMMAND", "")
     missing = []
     for name, needed_by in _ENV_REQUIRED:

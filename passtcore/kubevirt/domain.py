@@ -131,24 +131,53 @@ def _go_json_syntax_error(text: str, err: json.JSONDecodeError) -> str:
     return f"invalid character {char} looking for beginning of value"
 
 
+class _BadConstant(ValueError):
+    """NaN/Infinity: literals Go's JSON does not have."""
+
+
 def _reject_constant(name: str) -> Any:
-    # Go's JSON has no NaN/Infinity literals
-    raise ValueError(name)
+    raise _BadConstant(name)
 
 
-def load_vmi(data: bytes | str) -> dict[str, Any]:
+class _Literal(float):
+    """A JSON number Go would not put in an integer (fraction, exponent, huge): keeps its text."""
+
+    literal: str
+
+    @classmethod
+    def parse(cls, text: str) -> _Literal:
+        try:
+            value = cls(text)
+        except OverflowError:
+            value = cls("inf")
+        value.literal = text
+        return value
+
+
+def _parse_int(text: str) -> int | _Literal:
+    # Python refuses to convert more than 4300 digits; Go reports such numbers as out of range
+    return int(text) if len(text) <= 30 else _Literal.parse(text)
+
+
+def load_vmi(data: bytes | memoryview | str) -> dict[str, Any]:
     """Decode the VMI JSON; errors are ``failed to unmarshal VMI: <Go's text>``."""
-    text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else data
+    text = data if isinstance(data, str) else str(data, "utf-8", "replace")  # any bytes-like
     if text.startswith("\ufeff"):
         raise HookError("failed to unmarshal VMI: invalid character 'ï' looking for beginning of value")
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_Literal.parse,
+                           parse_int=_parse_int)
     except json.JSONDecodeError as err:
         raise HookError(f"failed to unmarshal VMI: {_go_json_syntax_error(text, err)}") from None
-    except ValueError:
-        pos = min(i for i in (text.find("NaN"), text.find("Infinity")) if i >= 0)
-        raise HookError("failed to unmarshal VMI: invalid character "
-                        f"{_go_quote_char(text, pos)} looking for beginning of value") from None
+    except RecursionError:
+        raise HookError("failed to unmarshal VMI: exceeded max depth") from None  # Go stops at 10000
+    except _BadConstant as err:
+        literal = str(err)
+        pos = max(text.find(literal), 0)  # the first one; one inside a string would mislead, rare enough
+        where = "looking for beginning of value"
+        if literal.startswith("-"):
+            pos, where = pos + 1, "in numeric literal"
+        raise HookError(f"failed to unmarshal VMI: invalid character {_go_quote_char(text, pos)} {where}") from None
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -160,8 +189,10 @@ def load_vmi(data: bytes | str) -> dict[str, Any]:
 def _json_kind(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
+    if isinstance(value, _Literal):
+        return f"number {value.literal}"
     if isinstance(value, (int, float)):
-        return f"number {json.dumps(value)}"
+        return f"number {value}"
     return {dict: "object", list: "array", str: "string"}.get(type(value), "value")
 
 
@@ -240,12 +271,8 @@ class _Fields:
         if value is None:
             return 0
         gotype = f"int{bits}" if bits != 64 else "int"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self._fail(key, value, gotype)
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise self._fail(key, value, gotype)
-            value = int(value)
+        if isinstance(value, (bool, float)) or not isinstance(value, int):
+            raise self._fail(key, value, gotype)  # Go's ParseInt takes no fraction or exponent
         if not -(1 << (bits - 1)) <= value < (1 << (bits - 1)):
             raise self._fail(key, value, gotype)
         return value
@@ -495,10 +522,12 @@ _ENCODING_RE = re.compile(rb"""\A\s*<\?xml[^>]*?\sencoding\s*=\s*["']([^"']*)["'
 
 def parse_domain(data: bytes) -> Node:
     """Parse the domain XML into a ``Node`` tree; errors are Go's texts, wrapped."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise _xml_error("XML syntax error on line 1: invalid UTF-8")  # UTF-16: Go reads UTF-8 only
     match = _ENCODING_RE.match(data)
     if match and match.group(1).decode("latin-1").lower() not in ("utf-8", "utf8", "us-ascii", "ascii"):
         raise _xml_error(f'xml: encoding "{match.group(1).decode("latin-1")}" declared '
-                   "but Decoder.CharsetReader is nil")
+                         "but Decoder.CharsetReader is nil")
     parser = xml.parsers.expat.ParserCreate()
     stack: list[Node | None] = []  # None: an element not tracked
     names: list[str] = []
@@ -513,7 +542,8 @@ def parse_domain(data: bytes) -> Node:
             end = _tag_end(data, start)
             node = Node(name, attrs if name in _KEEP_ATTRS else {}, start, end, data[end - 2:end] == b"/>")
             siblings = parent.children if parent is not None else root
-            if depth == 2 and len(siblings) > 1 and siblings[-1].name != "interface":
+            if parent is not None and parent.name == "devices" and len(siblings) > 1 \
+                    and siblings[-1].name != "interface":
                 siblings.pop()  # of the other devices only the first and the last matter
             siblings.append(node)
             stack.append(node)
@@ -635,9 +665,16 @@ class _Layout:
         return parent.tag_end, parent.tag_end, lead + text + trail
 
 
-def _splice(data: bytes, edit: tuple[int, int, bytes]) -> bytes:
-    start, end, text = edit
-    return data[:start] + text + data[end:]
+def _apply(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
+    """Splice non-overlapping ``(start, end, text)`` edits in; one copy of the document."""
+    view = memoryview(data)
+    pieces: list[bytes | memoryview] = []
+    pos = 0
+    for start, end, text in sorted(edits, key=lambda e: e[0]):
+        pieces += (view[pos:start], text)
+        pos = end
+    pieces.append(view[pos:])
+    return b"".join(pieces)
 
 
 def _alias_name(iface: Node) -> str:
@@ -658,7 +695,7 @@ def mutate(data: bytes, root: Node, iface: PasstInterface, flavour: str = "vhost
     layout = _Layout(data, root)
     devices = root.find("devices")
     if devices is None:
-        data = _splice(data, layout.append_child(root, ("devices", [], [elem])))
+        data = _apply(data, [layout.append_child(root, ("devices", [], [elem]))])
         root = parse_domain(data)  # spans moved: re-read them (rare: no <devices> at all)
         layout = _Layout(data, root)
         edits = []
@@ -675,15 +712,14 @@ def mutate(data: bytes, root: Node, iface: PasstInterface, flavour: str = "vhost
         memory = [c for c in root.children if c.name in ("memory", "currentMemory", "maxMemory")]
         edits.append(layout.insert_after(memory[-1], MEMORY_BACKING) if memory
                      else layout.append_child(root, MEMORY_BACKING))
-    # the edits never overlap (one inside <devices>, one outside): apply from the end
-    for edit in sorted(edits, key=lambda e: e[0], reverse=True):
-        data = _splice(data, edit)
-    return data
+    return _apply(data, edits)  # they never overlap: one inside <devices>, one outside
 
 
-def on_define_domain(vmi_json: bytes, domain_xml: bytes, binding_name: str = DEFAULT_BINDING_NAME,
-                     flavour: str = "vhostuser") -> bytes:
+def on_define_domain(vmi_json: bytes | memoryview | str, domain_xml: bytes | str,
+                     binding_name: str = DEFAULT_BINDING_NAME, flavour: str = "vhostuser") -> bytes:
     """The whole OnDefineDomain hook (1.4): new domain XML, or HookError."""
+    if isinstance(domain_xml, str):
+        domain_xml = domain_xml.encode("utf-8")
     iface = configure(load_vmi(vmi_json), binding_name or DEFAULT_BINDING_NAME, flavour)
     root = parse_domain(domain_xml)
     return mutate(domain_xml, root, iface, flavour)

@@ -30,8 +30,13 @@ SIGTERM/SIGINT/SIGHUP/SIGQUIT stop the server gracefully (in-flight calls
 complete), remove the socket file and exit 0. Logs go to stderr.
 
 Memory: only grpc, protobuf and the stdlib are imported (``import passtcore``
-is lazy; no numpy, no kernels), keeping the RSS far below the 64 MB limit of
-KubeVirt support containers (measured by benches/sidecar_rss.py).
+is lazy; no numpy, no kernels), keeping the RSS below the 64 MB limit of
+KubeVirt support containers (measured by benches/sidecar_rss.py: ~43 MB
+serving ordinary domains). Domains may be up to the 4 MiB message limit, so
+OnDefineDomain takes and returns raw messages (``decode_define_params`` /
+``encode_define_result``, checked against the generated classes in the tests)
+instead of holding extra protobuf copies, and glibc is told to unmap big
+buffers when they are freed (``limit_heap_growth``).
 """
 from __future__ import annotations
 
@@ -89,6 +94,71 @@ def prepare_socket_path(path: str) -> None:
     raise SocketInUse(f"another process is already listening on {path}")
 
 
+class WireError(ValueError):
+    """A message that is not valid protobuf wire format."""
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise WireError("truncated or overlong varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def decode_define_params(raw: bytes) -> tuple[memoryview, memoryview]:
+    """``OnDefineDomainParams`` -> (domainXML, vmi) as zero-copy views into ``raw``.
+
+    The domain can be 4 MiB: decoding it with the generated class would hold
+    two more copies (the message, then the field's bytes). This follows the
+    same wire rules (last occurrence of a field wins, unknown fields skipped)
+    and is checked against the generated class in the tests.
+    """
+    buf = memoryview(raw)
+    fields = {1: buf[0:0], 2: buf[0:0]}
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise WireError("field number 0")
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 1 or wire == 5:
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            if pos + size > len(buf):
+                raise WireError("truncated length-delimited field")
+            if number in fields:
+                fields[number] = buf[pos:pos + size]
+            pos += size
+        else:
+            raise WireError(f"unsupported wire type {wire}")
+        if pos > len(buf):
+            raise WireError("truncated field")
+    return fields[1], fields[2]
+
+
+def encode_define_result(domain_xml: bytes) -> bytes:
+    """``OnDefineDomainResult{domainXML}`` in wire format (one copy of the document)."""
+    if not domain_xml:
+        return b""  # proto3: an empty bytes field is not written
+    size, head = len(domain_xml), bytearray(b"\x0a")
+    while True:
+        byte = size & 0x7F
+        size >>= 7
+        head.append(byte | (0x80 if size else 0))
+        if not size:
+            break
+    return b"".join((head, domain_xml))
+
+
 class Sidecar:
     """The hook services and the stop logic around one grpc.Server."""
 
@@ -112,15 +182,21 @@ class Sidecar:
         return pb.InfoResult(name=HOOK_NAME, versions=list(VERSIONS),
                              hookPoints=[pb.HookPoint(name=n, priority=0) for n in HOOK_POINTS])
 
-    def on_define_domain(self, pb: Any, version: str) -> Any:
+    def on_define_domain(self, version: str) -> Any:
+        """The handler works on the raw messages (decode_define_params / encode_define_result)."""
         from passtcore.kubevirt import domain
 
-        def handler(request: Any, context: Any) -> Any:
+        def handler(request: bytes, context: Any) -> bytes:
             import grpc
 
             try:
-                new_xml = domain.on_define_domain(request.vmi, request.domainXML,
-                                                  self.binding_name, self.flavour)
+                domain_view, vmi = decode_define_params(request)
+            except WireError as err:
+                context.abort(grpc.StatusCode.INTERNAL, f"bad OnDefineDomainParams: {err}")
+            domain_xml = bytes(domain_view)
+            del domain_view, request
+            try:
+                new_xml = domain.on_define_domain(vmi, domain_xml, self.binding_name, self.flavour)
             except domain.HookError as err:
                 log.error("%s OnDefineDomain failed: %s", version, err)
                 context.abort(grpc.StatusCode.UNKNOWN, str(err))
@@ -128,8 +204,9 @@ class Sidecar:
                 log.exception("%s OnDefineDomain: internal error", version)
                 context.abort(grpc.StatusCode.UNKNOWN, f"internal error: {err}")
             log.info("%s OnDefineDomain: domain updated (%d -> %d bytes)", version,
-                     len(request.domainXML), len(new_xml))
-            return pb.OnDefineDomainResult(domainXML=new_xml)
+                     len(domain_xml), len(new_xml))
+            del domain_xml
+            return encode_define_result(new_xml)
         return handler
 
     def pre_cloud_init_iso(self, pb: Any) -> Any:
@@ -158,8 +235,8 @@ class Sidecar:
             "Info": unary(self.info, api_info_pb2.InfoParams, api_info_pb2.InfoResult)})]
         for version, pb in (("v1alpha3", api_v1alpha3_pb2), ("v1alpha2", api_v1alpha2_pb2)):
             methods = {
-                "OnDefineDomain": unary(self.on_define_domain(pb, version), pb.OnDefineDomainParams,
-                                        pb.OnDefineDomainResult),
+                # raw bytes in and out: no request/response (de)serializer
+                "OnDefineDomain": grpc.unary_unary_rpc_method_handler(self.on_define_domain(version)),
                 "PreCloudInitIso": unary(self.pre_cloud_init_iso(pb), pb.PreCloudInitIsoParams,
                                          pb.PreCloudInitIsoResult),
             }
@@ -167,6 +244,22 @@ class Sidecar:
                 methods["Shutdown"] = unary(self.shutdown, pb.ShutdownParams, pb.ShutdownResult)
             out.append(grpc.method_handlers_generic_handler(f"kubevirt.hooks.{version}.Callbacks", methods))
         return out
+
+
+def limit_heap_growth() -> None:
+    """Make glibc return big request buffers to the kernel as soon as they are freed.
+
+    A domain can be up to 4 MiB and each call holds a few copies of it; with
+    glibc's dynamic mmap threshold those end up in the heap after the first
+    big call and the RSS stays high. A fixed threshold (256 KiB) keeps them in
+    their own mappings, unmapped on free.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -204,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 1
 
+    limit_heap_growth()
     import grpc
 
     sidecar = Sidecar(binding_name, flavour)

@@ -4,10 +4,10 @@ Design: sans-IO. ``arp_reply(frame, info, conf)`` answers an Ethernet/IPv4
 who-has request with a 42-byte is-at carrying our MAC, for any target address,
 except (a) gratuitous announcements (sender == target, non-zero), which need no
 answer, and (b) the configured guest address, so that the guest's duplicate
-address probes succeed. Everything else (replies, non-Ethernet/IPv4 hardware
-types) is dropped by raising :class:`~passtcore.run.dhcp.Drop`. The reply is
-built by hand: ARP has no checksum, and the frame is not padded to 60 bytes,
-as passt does.
+address probes succeed. Anything but a request is dropped by raising
+:class:`~passtcore.run.dhcp.Drop` (``parse_frame`` has already refused
+truncated ARP and other hardware/protocol types). The reply is built by hand:
+ARP has no checksum, and the frame is not padded to 60 bytes, as passt does.
 """
 from __future__ import annotations
 

@@ -141,7 +141,10 @@ def run(opts: Any, early: tuple[Any, str] | None) -> int:
 
     frontend = _make_frontend(opts, cfg, early, loop, counters, on_frame)
     ctx.frontend = frontend
-    dispatcher.load_all()
+    try:
+        dispatcher.load_all()
+    except Exception as exc:  # only fatal ones get here (see dispatch.is_fatal)
+        raise FatalError(str(exc)) from None
 
     ids = _resolve_runas(opts)
     if early is not None and ids is not None:
@@ -161,6 +164,15 @@ def run(opts: Any, early: tuple[Any, str] | None) -> int:
         os.write(pid_fd, f"{os.getpid()}\n".encode())
         os.close(pid_fd)
     handler.daemonised(opts.stderr, opts.foreground)
+    try:
+        return _serve(opts, loop, counters, handler, dispatcher, frontend, pcap)
+    except Exception as exc:  # after the fork nobody sees stderr: log it
+        log.error("fatal: %r", exc, exc_info=True)
+        return 1
+
+
+def _serve(opts: Any, loop: Any, counters: Counters, handler: Any, dispatcher: Any,
+           frontend: Any, pcap: Any) -> int:
 
     def terminate(signum: int) -> None:
         log.info("Received signal %d, exiting", signum)

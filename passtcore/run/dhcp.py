@@ -13,17 +13,18 @@ is the request edited in place (xid, flags, ciaddr, giaddr, chaddr, sname and
 file kept), options in ascending number order as passt emits them, padded so
 that the options area is at least 60 bytes (300-byte BOOTP minimum).
 
-This module also holds the helpers shared by the other L2 services: the
-:class:`Drop` exception, domain-name encoding (RFC 1035 labels, with RFC 3397
-compression for option 119; NDP's DNSSL and DHCPv6's option 24 use it
-uncompressed), the resolver list as the guest sees it, and ``udp_frame``.
+This module also holds what the other L2 services share: the :class:`Drop`
+exception, the :class:`ReplyEngine` base (counting, never raising), domain-name
+encoding (RFC 1035 labels, with RFC 3397 compression for option 119; NDP's
+DNSSL and DHCPv6's option 24 use it uncompressed), the resolvers and search
+list as advertised, and ``udp_frame``/``icmp_frame`` around the header builders
+of ``passtcore.headers``.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import passtcore
@@ -112,29 +113,16 @@ def advertised_mtu(conf: Any) -> int:
 
 
 def guest_dns(conf: Any, family: int) -> list[bytes]:
-    """Resolvers as told to the guest (passt-reference 4.5).
+    """Resolvers to advertise (at most 3), none with ``--no-dhcp-dns``.
 
-    Loopback resolvers are unreachable from the guest: they are replaced by the
-    gateway (which maps to host loopback) unless ``--no-map-gw``, then dropped.
-    Duplicates removed, at most 3.
+    ``conf.dns4/dns6`` already hold what the guest can reach: conf.py replaced
+    loopback resolvers by the gateway (passt-reference 4.5).
     """
     if conf_flag(conf, "no_dhcp_dns"):
         return []
+    size = 4 if family == 4 else 16
     servers = getattr(conf, "dns4" if family == 4 else "dns6", None) or []
-    gw = getattr(conf, "gw4" if family == 4 else "gw6", None)
-    map_gw = getattr(conf, "map_gw", True)
-    out: list[bytes] = []
-    for addr in servers:
-        addr = bytes(addr)
-        if len(addr) != (4 if family == 4 else 16):
-            continue
-        if ipaddress.ip_address(addr).is_loopback:
-            if not map_gw or not gw:
-                continue
-            addr = bytes(gw)
-        if addr not in out:
-            out.append(addr)
-    return out[:MAX_DNS]
+    return [bytes(a) for a in servers if len(a) == size][:MAX_DNS]
 
 
 def guest_search(conf: Any) -> list[str]:
@@ -334,7 +322,7 @@ class DhcpEngine(ReplyEngine):
         return dhcp_reply(frame, info, self.ctx.conf)
 
 
-__all__: Sequence[str] = (
+__all__ = (
     "Drop", "ReplyEngine", "DhcpEngine", "dhcp_reply", "build_options", "parse_options",
     "encode_domains", "guest_dns", "guest_search", "udp_frame", "advertised_mtu",
 )

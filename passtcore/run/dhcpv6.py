@@ -13,7 +13,11 @@ Reply options, in order: Server ID, IA_NA(IA Address), Client ID, DNS servers
 List is encoded afresh for every reply (the 2023 static buffer corrupted the
 second and later replies with >= 2 domains); INFORMATION-REQUEST replies carry
 no IA_NA; a REBIND without Server ID (the normal case, RFC 8415 18.2.5) gets
-its REPLY. A REQUEST/RENEW/REBIND/CONFIRM for another address gets NotOnLink.
+its REPLY. An address that is not ours in a REQUEST gets NotOnLink in the IA
+(as passt), in a CONFIRM a top-level NotOnLink (passt put it in an IA, where
+RFC 8415 clients do not look), and in a RENEW/REBIND it is returned with zero
+lifetimes next to ours (RFC 8415 18.3.4), so a guest that kept an old lease
+moves over.
 """
 from __future__ import annotations
 
@@ -133,17 +137,25 @@ def dhcpv6_reply(frame: bytes | bytearray | memoryview, info: Any, conf: Any,
     out = bytearray(((ADVERTISE if mtype == SOLICIT else REPLY),)) + xid
     out += _opt(OPT_SERVERID, state.server_duid)
     client_ia = first.get(OPT_IA_NA)
+    foreign: list[bytes] = []
     if client_ia is not None:
-        requested = _ia_addresses(client_ia)
+        requested = _ia_addresses(client_ia)  # validates the IA_NA first
         state.iaid = struct.unpack_from("!I", client_ia)[0]
-        if mtype != SOLICIT and any(a != addr6 for a in requested):
-            status = _opt(OPT_STATUS_CODE, struct.pack("!H", STATUS_NOT_ON_LINK) + NOT_ON_LINK_MSG)
-            out += _opt(OPT_IA_NA, client_ia[:12] + status)
-            out += _opt(OPT_CLIENTID, client_id)
-            return _frame(info, conf, bytes(out))
+        if mtype != SOLICIT:  # a Solicit's addresses are mere hints
+            foreign = [a for a in requested if a != addr6]
+    if foreign and mtype in (REQUEST, CONFIRM):
+        # An address from elsewhere (e.g. before a migration): NotOnLink makes the
+        # client start over with a Solicit. Confirm carries it at the top level.
+        status = _opt(OPT_STATUS_CODE, struct.pack("!H", STATUS_NOT_ON_LINK) + NOT_ON_LINK_MSG)
+        out += _opt(OPT_IA_NA, client_ia[:12] + status) if mtype == REQUEST else status
+        out += _opt(OPT_CLIENTID, client_id)
+        return _frame(info, conf, bytes(out))
     if mtype != INFORMATION_REQUEST:
-        iaaddr = _opt(OPT_IAADDR, addr6 + struct.pack("!II", INFINITE, INFINITE))
-        out += _opt(OPT_IA_NA, struct.pack("!III", state.iaid, INFINITE, INFINITE) + iaaddr)
+        ia_body = struct.pack("!III", state.iaid, INFINITE, INFINITE)
+        ia_body += _opt(OPT_IAADDR, addr6 + struct.pack("!II", INFINITE, INFINITE))
+        for old in foreign:  # Renew/Rebind: withdraw the old address, give ours (RFC 8415 18.3.4)
+            ia_body += _opt(OPT_IAADDR, old + struct.pack("!II", 0, 0))
+        out += _opt(OPT_IA_NA, ia_body)
     out += _opt(OPT_CLIENTID, client_id)
     dns = guest_dns(conf, 6)
     if dns:

@@ -30,6 +30,12 @@ _DISABLED_BY = {"dhcp": "no_dhcp", "ndp": "no_ndp", "dhcpv6": "no_dhcpv6",
 _MISSING = object()
 
 
+def is_fatal(exc: BaseException) -> bool:
+    """Engine errors that are configuration errors (fwd.ForwardError, or ``.fatal``)."""
+    return bool(getattr(exc, "fatal", False)) or type(exc).__name__ in ("ForwardError",
+                                                                         "FatalError")
+
+
 def load_engine(name: str, ctx: Context, package: str = "passtcore.run") -> Any:
     """Build engine ``name`` for ``ctx``; None if its module is absent or broken."""
     try:
@@ -54,6 +60,8 @@ def load_engine(name: str, ctx: Context, package: str = "passtcore.run") -> Any:
     try:
         return factory(ctx)
     except Exception as exc:
+        if is_fatal(exc):
+            raise  # e.g. "Failed to bind any port": a configuration error, exit 1
         log.warning("engine %s: construction failed: %r", name, exc)
         return None
 
@@ -155,6 +163,9 @@ class Dispatcher:
         if info.ip_version:
             ctx.learn(info)
         target = self.route(info)
+        if self.trace:
+            log.log(5, "guest frame: %d bytes, ethertype 0x%04x, proto %d -> %s",
+                    len(frame), info.ethertype, info.l4_proto if info.ip_version else -1, target)
         if target.startswith("drop:"):
             ctx.counters.drop(target[5:])
             return

@@ -131,7 +131,8 @@ class IcmpEngine:
             return None
         fam = socket.AF_INET if ver == 4 else socket.AF_INET6
         try:
-            sock = socket.socket(fam, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+            kind = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+            sock = socket.socket(fam, kind,
                                  socket.IPPROTO_ICMP if ver == 4 else socket.IPPROTO_ICMPV6)
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM):

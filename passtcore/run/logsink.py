@@ -34,7 +34,8 @@ class PasstHandler(logging.Handler):
         self.syslog: socket.socket | None = None
         self.use_syslog = False
         if log_file:
-            self.fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+            # O_RDWR: truncation reads the file back, after privileges are dropped.
+            self.fd = os.open(log_file, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                               0o600)
             self._header()
 
@@ -55,8 +56,7 @@ class PasstHandler(logging.Handler):
             self.written = len(head) + len(body)
 
     def _read_all(self) -> bytes:
-        with open(f"/proc/self/fd/{self.fd}", "rb") as f:
-            return f.read()
+        return os.pread(self.fd, os.fstat(self.fd).st_size, 0)
 
     def _cut(self) -> None:
         """Drop the oldest ~30 % (rounded up to a page) and mark the header."""

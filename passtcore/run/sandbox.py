@@ -190,6 +190,10 @@ class Sandbox:
         self.daemons: list[Daemon] = []
         self.procs: list[subprocess.Popen[Any]] = []
         self._created: list[str] = []
+        self._etc_dirs: list[Path] = []
+        self.host_resolv_conf = f"/etc/netns/{self.host_ns}/resolv.conf"
+        # What DHCP clients in the guest write as /etc/resolv.conf lands here.
+        self.guest_resolv_conf = f"/etc/netns/{self.guest_ns}/resolv.conf"
         # What the guest must be told (loopback resolvers -> the gateway).
         self.dns4 = [self.gw4]
         self.dns6 = [self.gw6]
@@ -213,11 +217,17 @@ class Sandbox:
         for ns in (self.upstream_ns, self.host_ns, self.guest_ns):
             self._ip("netns", "add", ns)
             self._created.append(ns)
-        etc = Path("/etc/netns") / self.host_ns
-        etc.mkdir(parents=True, exist_ok=True)
+        # Every namespace gets its own resolv.conf (bind-mounted by `ip netns exec`):
+        # the host's is the daemon's input; the guest's receives what DHCP clients
+        # write (udhcpc's default script writes /etc/resolv.conf: never the real one).
+        for ns in (self.upstream_ns, self.host_ns, self.guest_ns):
+            etc = Path("/etc/netns") / ns
+            etc.mkdir(parents=True, exist_ok=True)
+            self._etc_dirs.append(etc)
+            (etc / "resolv.conf").write_text("")
         lines = [f"nameserver {a}" for a in self.resolv_nameservers]
         lines.append("search " + " ".join(self.search))
-        (etc / "resolv.conf").write_text("\n".join(lines) + "\n")
+        Path(self.host_resolv_conf).write_text("\n".join(lines) + "\n")
         for ns in (self.upstream_ns, self.host_ns):
             # No DAD: addresses (link-local included) are usable at once.
             self.sysctl(ns, "net.ipv6.conf.default.accept_dad", "0")
@@ -305,7 +315,8 @@ class Sandbox:
             if "--ns-ifname" not in args and "-I" not in args:
                 argv += ["--ns-ifname", "eth0"]
         elif mode == "socket":
-            if "-s" not in args and "--socket" not in args:
+            # socket_path="" leaves the choice to the daemon (/tmp/passt_N.socket).
+            if "-s" not in args and "--socket" not in args and socket_path != "":
                 socket_path = socket_path or self.path(f"daemon{n}.socket")
                 argv += ["--socket", socket_path]
         else:
@@ -341,7 +352,7 @@ class Sandbox:
                     _wait_for(lambda: self._tap_ready() or not d.alive(), timeout,
                               "the daemon's tap in the guest namespace", 0.02)
                 else:
-                    _wait_for(lambda: (socket_path is not None and os.path.exists(socket_path))
+                    _wait_for(lambda: not socket_path or os.path.exists(socket_path)
                               or not d.alive(), timeout, "the daemon's socket", 0.01)
                 # The tap exists slightly before the loop runs: wait for the log line too.
                 _wait_for(lambda: "ready: serving" in d.log() or not d.alive(), timeout,
@@ -383,7 +394,9 @@ class Sandbox:
             self._kill_ns_pids(ns)
             subprocess.run([IP, "netns", "del", ns], capture_output=True, timeout=20)
         self._created.clear()
-        shutil.rmtree(Path("/etc/netns") / self.host_ns, ignore_errors=True)
+        for etc in self._etc_dirs:
+            shutil.rmtree(etc, ignore_errors=True)
+        self._etc_dirs.clear()
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     def _kill_ns_pids(self, ns: str) -> None:

@@ -78,7 +78,8 @@ NSLOTS = 64                 # frames per host->guest batch
 SLOT = 65536 + 128          # one frame slot (max L2 frame + slack)
 DISCARD = 1 << 24           # throw-away iovec when SO_PEEK_OFF is missing
 SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)
-SIOCOUTQ = 0x5411           # == TIOCOUTQ: bytes queued in the send buffer
+SO_MEMINFO = 55             # u32[9]: rmem_alloc, rcvbuf, wmem_alloc, sndbuf, fwd_alloc, wmem_queued, ...
+SOCK_BUF = 0x3FFFFFFF       # INT_MAX/2 like passt: the kernel caps it at [rw]mem_max
 ACCEPT_BATCH = 64
 
 _M32 = 0xFFFFFFFF
@@ -183,12 +184,15 @@ class TcpEngine:
         return max(1, min(c.mss, 65535 - hl, SLOT - hl))
 
     def _wnd_to_tap(self, c: Conn) -> int:
-        """Free send-buffer space of the host socket, scaled for the guest."""
+        """Free send-buffer space of the host socket, scaled for the guest.
+
+        ``SO_MEMINFO`` gives the kernel's own accounting (queued truesize vs
+        sndbuf); a quarter is kept back for skb overhead so that what the guest
+        is promised is (almost) always accepted by ``send()``.
+        """
         try:
-            sndbuf = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-            import fcntl
-            outq = struct.unpack("i", fcntl.ioctl(c.fd, SIOCOUTQ, b"\0\0\0\0"))[0]
-            free = sndbuf - outq
+            mi = struct.unpack_from("9I", c.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
+            free = (mi[3] - mi[5]) * 3 // 4
         except OSError:
             free = WINDOW_DEFAULT
         if not c.events & ESTABLISHED:
@@ -257,6 +261,11 @@ class TcpEngine:
         c.mss = MSS_DEFAULT
         c.seq_from_tap = 0
         c.guest_isn = 0
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
+            except OSError:
+                pass
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
             c.peekoff = True

@@ -44,7 +44,7 @@ _ZERO = {4: bytes(4), 6: bytes(16)}
 class UdpFlow:
     """One host socket serving one guest port of one family."""
 
-    __slots__ = ("sock", "fd", "v", "gport", "gaddr", "last", "forwarded", "idx")
+    __slots__ = ("sock", "fd", "v", "gport", "gaddr", "last", "forwarded", "idx", "mapped")
 
     def __init__(self, sock: socket.socket, v: int, gport: int, forwarded: bool) -> None:
         self.sock = sock
@@ -55,6 +55,9 @@ class UdpFlow:
         self.last = 0.0
         self.forwarded = forwarded
         self.idx = -1
+        # remote port -> the address the guest sent to, when it was mapped to a
+        # local one: replies are shown from that address (connected sockets work)
+        self.mapped: dict[int, bytes] = {}
 
 
 class UdpEngine:
@@ -169,7 +172,10 @@ class UdpEngine:
                 return
         f.gaddr = bytes(info.src)
         f.last = self.ctx.loop.now()
-        dst = self._target(v, bytes(info.dst), info.dport)
+        orig = bytes(info.dst)
+        dst = self._target(v, orig, info.dport)
+        if dst != orig:
+            f.mapped[info.dport] = orig
         scope = 0
         if v == 6 and fwd.is_v6_ll(dst):
             scope = int(getattr(self.conf, "ifindex6", 0) or 0)
@@ -209,7 +215,7 @@ class UdpEngine:
             src = fwd.peer_bytes(f.sock.family, peer)
             sport = peer[1]
             if dns_fwd is not None and src == dns_host and sport == 53:
-                rsrc = dns_fwd
+                rsrc = f.mapped.get(sport, dns_fwd)
                 gdst = f.gaddr or fwd.guest_addr(ctx, v)
             else:
                 if fwd.is_local_src(src):
@@ -217,7 +223,9 @@ class UdpEngine:
                 elif src == own:
                     self.local_src[(v, sport)] = "own"
                 rsrc, gdst = fwd.inbound_source(ctx, src)
-                if not f.forwarded and f.gaddr and not fwd.is_v6_ll(rsrc):
+                if rsrc != src and sport in f.mapped:
+                    rsrc = f.mapped[sport]  # a reply to what the guest sent to the gateway
+                if not f.forwarded and f.gaddr and fwd.is_v6_ll(rsrc) == fwd.is_v6_ll(f.gaddr):
                     gdst = f.gaddr
             if gdst is None:
                 self._drop("udp-no-guest-address")

@@ -7,12 +7,11 @@ extension is not built, and with PASSTCORE_PURE=1 only the twins are tested.
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 import pytest
 
-PURE_ONLY = os.environ.get("PASSTCORE_PURE", "") not in ("", "0")
+from kernel_support import PURE_ONLY
 
 
 def _load(kind: str, name: str) -> ModuleType:
@@ -24,16 +23,6 @@ def _load(kind: str, name: str) -> ModuleType:
         return importlib.import_module(f"passtcore._{name}")
     except ImportError as exc:  # pragma: no cover - depends on the build
         pytest.skip(f"passtcore._{name} not built: {exc}")
-
-
-def native_or_none(name: str) -> ModuleType | None:
-    """The Cython module, or None when it is not built / PASSTCORE_PURE=1."""
-    if PURE_ONLY:
-        return None
-    try:
-        return importlib.import_module(f"passtcore._{name}")
-    except ImportError:
-        return None
 
 
 @pytest.fixture(scope="session", params=["python", "cython"])

@@ -11,7 +11,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.utils import checksum as scapy_checksum
 
-from tests.kernels.frames import MAC_G, MAC_H, REAL, SCAPY_FRAMES, frame_bytes
+from kernel_support import MAC_G, MAC_H, REAL, SCAPY_FRAMES, frame_bytes
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -58,6 +58,12 @@ def test_real_frames_verify(csum, name):
     refilled = bytearray(broken)
     csum.fill_checksums(refilled)
     assert csum.verify_frame(refilled)
+
+
+def test_real_ra_checksum(csum):
+    ra = REAL["ra"]
+    assert csum.l4_checksum(ra, 14, 54, 128, 58) == 0x0163
+    assert csum.verify_frame(ra)
 
 
 def test_real_tcp_checksums(csum):

@@ -14,7 +14,7 @@ from scapy.packet import Raw
 
 from passtcore_py import csum as pycsum
 from passtcore_py.headers import REASONS
-from tests.kernels.frames import MAC_G, MAC_H, REAL, SCAPY_FRAMES, frame_bytes
+from kernel_support import MAC_G, MAC_H, REAL, SCAPY_FRAMES, frame_bytes
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,12 +177,12 @@ def test_add_is_idempotent_and_accepts_proc_pid_path(make_netns) -> None:
     sleeper = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "30"])
     try:
         pid_path = None
-        for _ in range(100):  # bounded wait for the exec into the namespace
+        for _ in range(500):  # bounded wait (10 s) for the exec into the namespace
             path = f"/proc/{sleeper.pid}/ns/net"
             if os.stat(path).st_ino == os.stat(f"/run/netns/{ns}").st_ino:
                 pid_path = path
                 break
-            subprocess.run(["sleep", "0.02"])
+            time.sleep(0.02)
         assert pid_path is not None
         for _ in range(2):
             proc = run_plugin("ADD", netns=pid_path)
@@ -190,6 +191,22 @@ def test_add_is_idempotent_and_accepts_proc_pid_path(make_netns) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+@pytest.mark.netns
+@needs_root
+def test_parallel_adds_each_touch_only_their_own_netns(make_netns) -> None:
+    """The kubelet runs plugins for many pods at once: 6 concurrent ADDs, 6 namespaces."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    targets = [make_netns() for _ in range(6)]
+    bystander = make_netns()
+    with ThreadPoolExecutor(len(targets)) as pool:
+        procs = list(pool.map(lambda ns: run_plugin("ADD", netns=f"/run/netns/{ns}"), targets))
+    assert [p.returncode for p in procs] == [0] * len(targets), [p.stdout for p in procs]
+    for ns in targets:
+        assert (ns_sysctl(ns, PORT_START), ns_sysctl(ns, PING_RANGE)) == ("0", "107\t107")
+    assert (ns_sysctl(bystander, PORT_START), ns_sysctl(bystander, PING_RANGE)) == ("1024", "1\t0")
 
 
 @pytest.mark.netns
@@ -438,10 +455,19 @@ def test_valid_interface_names_pass(ifname: str) -> None:
         ('{"name": 5}', None),
         ('{"name": "a"} x', "error unmarshall network config: invalid character 'x' after "
                             "top-level value"),
-        ('{"name": NaN}', None),
+        ('{"name": NaN}', "error unmarshall network config: invalid character 'N' looking for "
+                          "beginning of value"),
+        ('{"name": "a\nb"}', "error unmarshall network config: invalid character '\\n' in "
+                              "string literal"),
+        ('{"name": "a\\qb"}', "error unmarshall network config: invalid character 'q' in "
+                                "string escape code"),
+        ("[" * 100_000, "error unmarshall network config: exceeded max depth"),
+        ('{"a": 1 "b": 2}', "error unmarshall network config: invalid character '\"' after "
+                            "object key:value pair"),
     ],
 )
 def test_stdin_not_json_is_code_6(stdin: str, msg: str | None) -> None:
+    # Malformed or hostile input always yields the error object, never a traceback.
     err = error_of(run_plugin("ADD", stdin))
     assert err["code"] == 6
     assert str(err["msg"]).startswith("error unmarshall network config: ")
@@ -495,3 +521,24 @@ def test_go_style_html_escapes_in_error_json() -> None:
     proc = run_plugin("ADD", containerid="<a&b>")
     assert "\\u003ca\\u0026b\\u003e" in proc.stdout
     assert error_of(proc)["details"] == "<a&b>"
+
+
+def test_plugin_imports_nothing_heavy(tmp_path: Path) -> None:
+    """Start-up budget: stdlib basics only; no numpy, kernels, logging, pyroute2 or grpc."""
+    plain = tmp_path / "plain-file"
+    plain.write_text("")
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+            "from passtcore.kubevirt.cni import main; sys.exit(main())")
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": str(plain),
+           "CNI_IFNAME": "net1", "CNI_PATH": "/opt/cni/bin"}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-I", "-S", "-c", code, str(root)],
+                          input=json.dumps(NAD_CONFIG), env=env, capture_output=True, text=True,
+                          timeout=30)
+    assert error_of(proc)["code"] == 999  # ran through netns_problem: passtcore.netns loaded
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line}
+    assert "passtcore.netns" in imported and "passtcore.kubevirt.cni" in imported
+    heavy = {"numpy", "passtcore._backend", "passtcore_py", "logging", "pyroute2", "grpc",
+             "asyncio", "subprocess", "argparse", "socket"}
+    assert not heavy & imported, heavy & imported

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -172,3 +173,40 @@ def test_virt_launcher_passt_wrapper_runs_passtcore_run() -> None:
     bad = subprocess.run([str(wrapper), "--no-such-option"], env=env, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode != 0
+
+
+def test_installer_sleeps_until_terminated(image_cni: Path, tmp_path: Path) -> None:
+    """The DaemonSet container keeps running after installing and stops at once on SIGTERM."""
+    import signal
+
+    bin_dir = tmp_path / "bin"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "CNI_SRC_DIR": str(image_cni), "CNI_BIN_DIR": str(bin_dir)}
+    proc = subprocess.Popen(["sh", str(image_cni / "install.sh")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        line = proc.stdout.readline()  # printed once installed
+        assert "installed" in line, line
+        assert (bin_dir / NAME).is_file()
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.5)  # still running: a DaemonSet pod must not exit
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        # The background sleep went with it: nothing left in the process group.
+        for _ in range(50):
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("install.sh left a process behind")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -378,6 +378,28 @@ def test_memory_backing_mode_not_shared(mode, quoted):
     assert b'<interface type="user">' in run(make_vmi(), xml, flavour="stream")
 
 
+def test_memory_backing_access_found_among_other_children():
+    backing = (b'<memoryBacking><hugepages/><access mode="private"/><locked/><nosharepages/>'
+               b"</memoryBacking>")
+    xml = SMALL_DOMAIN.replace(b"\t<devices>", b"\t" + backing + b"\n\t<devices>")
+    assert error(make_vmi(), xml).endswith('cannot override existing mode: "private"')
+
+
+def test_many_devices_interfaces_found_among_them():
+    devices = b"".join(b'\t\t<controller type="pci" index="%d"/>\n' % i for i in range(50))
+    xml = SMALL_DOMAIN.replace(b"\t\t<interface", devices + b"\t\t<interface type=\"user\"><alias name=\"ua-default\"/>"
+                               b"</interface>\n" + devices + b"\t\t<interface").replace(b"\t\t<disk", devices + b"\t\t<disk")
+    out = run(make_vmi(), xml, flavour="stream")
+    assert [c.tag for c in ET.fromstring(out).find("devices")].count("interface") == 2
+    assert passt_iface(out).get("type") == "user"
+    head, _, rest = xml.partition(b'\t\t<interface type="user">')
+    assert out.startswith(head) and out.endswith(rest.partition(b"</interface>")[2])
+    assert out.count(b'<controller type="pci"') == 150
+    appended = run(make_vmi(), SMALL_DOMAIN.replace(b"\t\t<disk", devices + b"\t\t<disk"))
+    tags = [c.tag for c in ET.fromstring(appended).find("devices")]
+    assert tags[:2] == ["interface", "interface"] and tags[-1] == "disk"
+
+
 def test_stream_flavour():
     out = run(make_vmi(), flavour="stream")
     assert passt_iface(out).get("type") == "user"
@@ -467,6 +489,8 @@ def test_vmi_errors_beat_xml_errors_and_memory_backing_beats_pci():
     (b'{"a": [1 2]}', "invalid character '2' after array element"),
     (b"{} x", "invalid character 'x' after top-level value"),
     (b'{"a": NaN}', "invalid character 'N' looking for beginning of value"),
+    (b'{"a": [1, -Infinity]}', "invalid character 'I' in numeric literal"),
+    (b'{"a": Infinity}', "invalid character 'I' looking for beginning of value"),
     (b'{"a": "\\q"}', "invalid character 'q' in string escape code"),
     (b'{"a": "line\nbreak"}', "invalid character '\\n' in string literal"),
     (b"[]", "json: cannot unmarshal array into Go value of type v1.VirtualMachineInstance"),
@@ -492,16 +516,29 @@ def test_vmi_field_type_errors_deeper():
     assert error(vmi).endswith("cannot unmarshal number 1.5 into Go struct field "
                                "Port.spec.domain.devices.interfaces.ports.port of type int32")
     vmi = make_vmi({"ports": [{"port": 4294967296}]})
-    assert "number 4294967296" in error(vmi)
+    assert "number 4294967296 into" in error(vmi)
+    for literal in ("80.0", "8e1", "1" * 5000):
+        data = json.dumps(make_vmi({"ports": [{"port": 1}]})).encode().replace(b'"port": 1', b'"port": ' + literal.encode())
+        assert error(data).endswith(f"cannot unmarshal number {literal} into Go struct field "
+                                    "Port.spec.domain.devices.interfaces.ports.port of type int32")
+    data = json.dumps(make_vmi()).encode().replace(b'"name": "vmi"', b'"name": "vmi", "big": ' + b"9" * 5000)
+    assert passt_iface(run(data)) is not None  # a huge number where nothing reads it is fine
     vmi = make_vmi(transitional=True)
     vmi["spec"]["domain"]["devices"]["useVirtioTransitional"] = "true"
     assert error(vmi).endswith("Devices.spec.domain.devices.useVirtioTransitional of type bool")
 
 
+def test_deeply_nested_inputs_are_errors_not_crashes():
+    assert error(b"[" * 200000) == "failed to unmarshal VMI: exceeded max depth"
+    assert error(b'{"x": ' + b"[" * 200000 + b"]" * 200000 + b"}") == "failed to unmarshal VMI: exceeded max depth"
+    deep = b"<domain>" + b"<a>" * 100000 + b"</a>" * 100000 + b"</domain>"
+    assert passt_iface(run(make_vmi(), deep)) is not None
+
+
 def test_vmi_json_go_leniency():
-    # null = zero value, unknown fields ignored, keys matched case-insensitively, 2.0 is an integer
+    # null = zero value, unknown fields ignored, keys matched case-insensitively
     assert error(b"null") == cfg("pod network not found")
-    vmi = make_vmi({"ports": [{"port": 80.0}], "futureField": {"x": 1}})
+    vmi = make_vmi({"ports": [{"port": 80}], "futureField": {"x": 1.5e300}})
     vmi["Spec"] = vmi.pop("spec")
     assert forwards(run(vmi)) == [("tcp", [(80, False)])]
     assert passt_iface(run(json.dumps(make_vmi()).encode() + b"\n")) is not None
@@ -525,6 +562,14 @@ def test_bad_domain_xml(xml, msg):
     assert error(make_vmi(), xml) == f"failed to unmarshal given domain spec: {msg}"
 
 
+def test_utf16_and_bom_handling():
+    assert error(make_vmi(), SMALL_DOMAIN.decode().encode("utf-16")) == (
+        "failed to unmarshal given domain spec: XML syntax error on line 1: invalid UTF-8")
+    out = run(make_vmi(), b"\xef\xbb\xbf" + SMALL_DOMAIN)  # a UTF-8 BOM is fine
+    assert out.startswith(b"\xef\xbb\xbf") and passt_iface(out[3:]).get("type") == "vhostuser"
+    assert run(make_vmi(), SMALL_DOMAIN.decode()) == run(make_vmi(), SMALL_DOMAIN)
+
+
 def test_bad_xml_other_syntax_errors_are_reported():
     msg = error(make_vmi(), b'<domain a="1" a="2"></domain>')
     assert msg.startswith("failed to unmarshal given domain spec: XML syntax error on line 1: ")
@@ -537,3 +582,40 @@ def test_content_after_root_ignored_like_go():
 
 def test_go_quote():
     assert domain.go_quote("a\"b\\c\n\x7f\u2028\U0001F600") == '"a\\"b\\\\c\\n\\x7f\\u2028\U0001F600"'
+
+
+# --- arbitrary input: a result or a HookError, never another exception
+
+_LAUNCHER_XML = (DATA / "domain-launcher.xml").read_bytes()
+_VMI = (DATA / "vmi-passt.json").read_bytes()
+
+
+def _outcome(vmi: bytes, xml: bytes) -> bytes | None:
+    try:
+        return domain.on_define_domain(vmi, xml)
+    except HookError:
+        return None
+
+
+@given(st.binary(max_size=400), st.binary(max_size=400))
+def test_random_bytes_never_crash(vmi: bytes, xml: bytes):
+    _outcome(vmi, xml)
+    _outcome(_VMI, xml)
+
+
+@given(st.integers(0, len(_LAUNCHER_XML) - 1), st.integers(0, 40), st.binary(max_size=8),
+       st.integers(0, len(_VMI) - 1), st.binary(max_size=4))
+def test_corrupted_fixtures_never_crash(at: int, cut: int, junk: bytes, vat: int, vjunk: bytes):
+    xml = _LAUNCHER_XML[:at] + junk + _LAUNCHER_XML[at + cut:]
+    out = _outcome(_VMI, xml)
+    if out is not None:  # an accepted document is well-formed up to its root's end (Go reads no further)
+        parser = ET.XMLPullParser(events=("end",))
+        try:
+            parser.feed(out)
+            parser.close()
+        except ET.ParseError:
+            pass
+        ends = [elem for _, elem in parser.read_events()]
+        assert ends and ends[-1].tag == "domain"
+        assert any(a.get("name") == "ua-default" for a in ends[-1].iter("alias"))
+    _outcome(_VMI[:vat] + vjunk + _VMI[vat + 1:], _LAUNCHER_XML)

@@ -9,7 +9,6 @@ socket, exit codes). No network namespace is needed.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -25,6 +24,8 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from passtcore.kubevirt.proto import (api_info_pb2, api_info_pb2_grpc, api_v1alpha2_pb2,
                                       api_v1alpha2_pb2_grpc, api_v1alpha3_pb2, api_v1alpha3_pb2_grpc)
@@ -394,3 +395,70 @@ def test_rss_within_support_container_limit(sidecar: Sidecar):
     status = Path(f"/proc/{sidecar.proc.pid}/status").read_text()
     peak_kib = int(status.split("VmHWM:")[1].split()[0])
     assert peak_kib * 1024 <= 64_000_000, f"peak RSS {peak_kib} KiB"
+
+
+# --- the raw OnDefineDomain codec against the generated classes
+
+
+@given(st.binary(max_size=300), st.binary(max_size=300), st.binary(max_size=300), st.binary(max_size=50))
+def test_define_params_codec_matches_generated_class(xml: bytes, vmi: bytes, extra_xml: bytes, cloud: bytes):
+    from passtcore.kubevirt.sidecar import decode_define_params
+
+    one = api_v1alpha3_pb2.OnDefineDomainParams(domainXML=xml, vmi=vmi).SerializeToString()
+    two = api_v1alpha3_pb2.OnDefineDomainParams(domainXML=extra_xml).SerializeToString()
+    unknown = api_v1alpha3_pb2.PreCloudInitIsoParams(cloudInitData=cloud).SerializeToString()  # field 3
+    for raw in (one, one + two, unknown + one, one + unknown + two):
+        reference = api_v1alpha3_pb2.OnDefineDomainParams.FromString(raw)
+        got_xml, got_vmi = decode_define_params(raw)
+        assert (bytes(got_xml), bytes(got_vmi)) == (reference.domainXML, reference.vmi)
+
+
+@given(st.binary(max_size=70000))
+def test_define_result_codec_matches_generated_class(xml: bytes):
+    from passtcore.kubevirt.sidecar import encode_define_result
+
+    raw = encode_define_result(xml)
+    assert raw == api_v1alpha3_pb2.OnDefineDomainResult(domainXML=xml).SerializeToString()
+
+
+@pytest.mark.parametrize("raw", [b"\x0a", b"\x0a\x05abc", b"\x0a\xff\xff", b"\x00", b"\x0b", b"\x08\xff"])
+def test_define_params_codec_rejects_malformed(raw: bytes):
+    from passtcore.kubevirt.sidecar import WireError, decode_define_params
+
+    with pytest.raises(WireError):
+        decode_define_params(raw)
+
+
+def test_malformed_request_rejected_server_survives(sidecar: Sidecar):
+    with sidecar.channel() as ch:
+        call = ch.unary_unary("/kubevirt.hooks.v1alpha3.Callbacks/OnDefineDomain")
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"\x0a\xff\xff", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert canon(sidecar.define()) == canon(EXPECTED)
+
+
+# --- the committed generated modules match the shipped .proto files
+
+
+@pytest.mark.parametrize("name", ["api_info", "api_v1alpha2", "api_v1alpha3"])
+def test_generated_modules_match_proto_files(tmp_path: Path, name: str):
+    import importlib
+
+    from google.protobuf import descriptor_pb2
+    from grpc_tools import protoc
+
+    proto_dir = Path(importlib.import_module("passtcore.kubevirt.proto").__file__).parent
+    out = tmp_path / "set.pb"
+    assert protoc.main(["protoc", f"-I{proto_dir}", f"--descriptor_set_out={out}", f"{proto_dir}/{name}.proto"]) == 0
+    fresh = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
+    for message in fresh.message_type:
+        for fld in message.field:
+            fld.ClearField("json_name")  # protoc adds it to descriptor sets, not to generated modules
+    module = importlib.import_module(f"passtcore.kubevirt.proto.{name}_pb2")
+    committed = descriptor_pb2.FileDescriptorProto()
+    module.DESCRIPTOR.CopyToProto(committed)
+    assert committed == fresh
+    services = {s.name: [m.name for m in s.method] for s in fresh.service}
+    assert services == ({"Info": ["Info"]} if name == "api_info" else
+                        {"Callbacks": ["OnDefineDomain", "PreCloudInitIso"] + (["Shutdown"] if name == "api_v1alpha3" else [])})

@@ -133,6 +133,30 @@ def test_not_on_link(harness):
     assert DHCP6OptIAAddress not in pkt and DHCP6OptClientId in pkt
 
 
+def test_confirm_not_on_link_top_level(harness):
+    h = harness(Dhcpv6Engine)
+    (reply,) = h.send(v6(DHCP6_Confirm(trid=TRID) / CLIENT / ia("2001:db8::99")))
+    pkt = assert_checksums(reply)
+    assert DHCP6OptIA_NA not in pkt
+    assert pkt[DHCP6_Reply].payload.payload.optcode == 13  # right after the Server ID
+    assert pkt[DHCP6OptStatusCode].statuscode == 4
+
+
+@pytest.mark.parametrize("kind", [DHCP6_Renew, DHCP6_Rebind])
+def test_renew_old_address_withdrawn(harness, kind):
+    h = harness(Dhcpv6Engine)
+    msg = kind(trid=TRID) / CLIENT
+    if kind is DHCP6_Renew:
+        msg = msg / server_id(h)
+    (reply,) = h.send(v6(msg / ia("2001:db8:ffff::5")))
+    pkt = assert_checksums(reply)
+    na = pkt[DHCP6OptIA_NA]
+    assert (na.iaid, na.T1, na.T2) == (IAID, 0xFFFFFFFF, 0xFFFFFFFF)
+    addrs = [(o.addr, o.preflft, o.validlft) for o in na.ianaopts]
+    assert addrs == [("2001:db8::10", 0xFFFFFFFF, 0xFFFFFFFF), ("2001:db8:ffff::5", 0, 0)]
+    assert DHCP6OptStatusCode not in pkt
+
+
 def test_iaid_reused_when_client_sends_none(harness):
     h = harness(Dhcpv6Engine)
     h.send(v6(DHCP6_Solicit(trid=TRID) / CLIENT / ia()))
@@ -152,6 +176,9 @@ def test_iaid_reused_when_client_sends_none(harness):
     (v6(DHCP6_InfoRequest(trid=1) / CLIENT / ia()), "dhcpv6-inforeq-with-ia"),
     (v6(bytes(DHCP6_Solicit(trid=1) / CLIENT) + b"\x00\x03\x00\x30abc"), "dhcpv6-truncated-option"),
     (v6(b"\x01\x00"), "dhcpv6-short"),
+    (v6(bytes(DHCP6_Solicit(trid=1) / CLIENT) + b"\x00\x03\x00\x02ab"), "dhcpv6-bad-ia-na"),
+    (v6(bytes(DHCP6_Solicit(trid=1) / CLIENT) + b"\x00\x03\x00\x10" + bytes(12) +
+        b"\x00\x05\x00\x00"), "dhcpv6-bad-iaaddr"),
 ])
 def test_malformed_dropped_and_counted(harness, frame, reason):
     h = harness(Dhcpv6Engine)
@@ -178,7 +205,8 @@ def test_server_duid_llt():
     assert st_.server_duid == bytes.fromhex("00010001000003e8021122334455")
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mtype=st.integers(0, 15), body=st.binary(max_size=120))
 def test_garbage_never_raises(conf, mtype, body):
     state = Dhcpv6State(conf.our_mac)
@@ -192,3 +220,26 @@ def test_garbage_never_raises(conf, mtype, body):
             continue
         if reply is not None:
             assert_checksums(reply)
+
+
+_option = st.tuples(st.sampled_from([1, 2, 3, 4, 5, 6, 8, 13, 23, 24, 0xFFFF]),
+                    st.binary(max_size=48))
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mtype=st.sampled_from([1, 3, 4, 5, 6, 8, 11]), opts=st.lists(_option, max_size=6),
+       with_client=st.booleans())
+def test_structured_garbage_never_raises(conf, mtype, opts, with_client):
+    """Well-framed options with arbitrary contents (short IA_NA, odd IAADDR...)."""
+    state = Dhcpv6State(conf.our_mac)
+    body = bytes(CLIENT) if with_client else b""
+    body += b"".join(struct.pack("!HH", c, len(v)) + v for c, v in opts)
+    frame = v6(bytes((mtype, 1, 2, 3)) + body)
+    info = passtcore.headers.parse_frame(frame)
+    try:
+        reply = dhcpv6_reply(memoryview(frame), info, conf, state)
+    except Drop:
+        return
+    if reply is not None:
+        assert_checksums(reply)

@@ -1,26 +1,26 @@
 """The real Dispatcher finds and drives every L2 engine by its documented name."""
 from __future__ import annotations
 
-from scapy.layers.dhcp6 import DHCP6_Advertise, DHCP6_Solicit, DHCP6OptClientId, DHCP6OptIA_NA, DUID_LL
 from scapy.layers.dhcp import BOOTP, DHCP
+from scapy.layers.dhcp6 import (DHCP6_Advertise, DHCP6_Solicit, DHCP6OptClientId, DHCP6OptIA_NA,
+                                DUID_LL)
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6ND_RA, ICMPv6ND_RS, IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from passtcore.run.arp import ArpEngine
+from passtcore.run.context import Context
 from passtcore.run.dhcp import DhcpEngine
 from passtcore.run.dhcpv6 import Dhcpv6Engine
 from passtcore.run.dispatch import Dispatcher
 from passtcore.run.icmp import IcmpEngine
+from passtcore.run.loop import Loop
 from passtcore.run.ndp import NdpEngine
 
 from .conftest import GUEST_LL, GUEST_MAC, Collector, assert_checksums
 
 
 def test_engines_loaded_and_answer(conf):
-    from passtcore.run.context import Context
-    from passtcore.run.loop import Loop
-
     loop = Loop()
     ctx = Context(conf, loop)
     ctx.frontend = sink = Collector()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -213,3 +214,36 @@ def test_qemu_dhcp_and_ping(qemu_guest):
     ping(sb, sb.gw6, v6=True)
     if os.path.exists(DHCLIENT):
         assert dhclient(sb, "-6", name="dhclient6")["new_ip6_address"] == sb.host_addr6
+
+
+GARBAGE_SENDER = r'''
+import sys
+from scapy.all import Ether, IP, IPv6, UDP, ICMPv6ND_RS, Raw, sendp, get_if_hwaddr
+me = get_if_hwaddr("eth0")
+eth = Ether(src=me, dst="ff:ff:ff:ff:ff:ff")
+frames = [
+    eth / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67) / Raw(b"\x01" * 50),
+    eth / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67) /
+        Raw(b"\x01\x01\x06\x00" + bytes(232) + b"\x63\x82\x53\x63\x35\x09\x01"),
+    eth / IPv6(src="fe80::1:2", dst="ff02::1:2") / UDP(sport=546, dport=547) /
+        Raw(b"\x01\x00\x00\x01\x00\x01\x00\x50"),
+    eth / IPv6(src="fe80::1:2", dst="ff02::2", hlim=64) / ICMPv6ND_RS(),
+    Ether(src=me, dst="ff:ff:ff:ff:ff:ff", type=0x0806) / Raw(b"\x00\x01\x08\x00"),
+]
+sendp(frames, iface="eth0", verbose=False)
+'''
+
+
+def test_malformed_frames_counted_daemon_keeps_serving(served_guest):
+    """Malformed DHCP/DHCPv6/NDP/ARP frames from a raw socket in the guest are
+    dropped under their reason; the daemon still serves a lease afterwards."""
+    sb = served_guest
+    r = sb.guest(sys.executable, "-c", GARBAGE_SENDER, check=False, timeout=60)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: len({k for k in sb.daemon.drops()
+                          if k in ("dhcp-short", "dhcp-truncated-option",
+                                   "dhcpv6-truncated-option", "ndp-bad-hop-limit",
+                                   "truncated-arp")}) == 5,
+             10, "the five drop counters")
+    assert sb.daemon.alive()
+    assert_v4_lease(sb, udhcpc_lease(sb))

@@ -64,6 +64,8 @@ def test_multicast_and_disabled(harness, conf):
 
 @contextlib.contextmanager
 def private_ns(ping_range: str = "0 2147483647"):
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
     name = f"l2icmp-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
@@ -104,6 +106,21 @@ def test_echo_v4_and_v6_through_ping_sockets(harness):
     assert (r6.id, r6.seq, r6.data) == (0x4343, 9, PAYLOAD)
     assert h.counters["icmp-request"] == 2 and h.counters["icmp-reply"] == 2
     assert len(h.engine.echos) == 2
+
+
+@pytest.mark.netns
+def test_reply_bytes_match_passt(harness):
+    """Reference 5.5 / 8.3 (2): echo to 192.0.2.10, id 0x4242, seq 7, "pingdata"."""
+    h = harness(IcmpEngine)
+    with private_ns() as ns:
+        subprocess.run(["ip", "-n", ns, "addr", "add", "192.0.2.10/32", "dev", "lo"], check=True)
+        frame = bytes(Ether(src=GUEST_MAC, dst=OUR_MAC) / IP(src="192.0.2.10", dst="192.0.2.10") /
+                      ICMP(type=8, id=0x4242, seq=7) / b"pingdata")
+        with entered(ns):
+            h.send(frame)
+        (reply,) = pump(h, 1)
+    assert reply[14:] == bytes.fromhex("450000240000" "0000ff0137c4" "c000020ac000020a"
+                                       "00000623424200077069" "6e6764617461")
 
 
 @pytest.mark.netns

@@ -158,7 +158,8 @@ def test_rfc4861_validity(harness):
 def test_guest_ra_na_ignored(harness):
     h = harness(NdpEngine)
     ra = bytes(Ether(src=GUEST_MAC) / IPv6(src=GUEST_LL, dst="ff02::1") / ICMPv6ND_RA())
-    na = bytes(Ether(src=GUEST_MAC) / IPv6(src=GUEST_LL, dst="ff02::1") / ICMPv6ND_NA(tgt="fe80::5"))
+    na = bytes(Ether(src=GUEST_MAC) / IPv6(src=GUEST_LL, dst="ff02::1") /
+               ICMPv6ND_NA(tgt="fe80::5"))
     assert h.send(ra) == [] and h.send(na) == []
     assert h.counters.drops() == {}
 
@@ -170,7 +171,8 @@ def test_padded_ns(harness):
     assert r1 == r2
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kind=st.sampled_from([133, 135, 134, 136]), body=st.binary(max_size=80))
 def test_garbage_never_raises(conf, kind, body):
     frame = bytes(Ether(src=GUEST_MAC) / IPv6(src=GUEST_LL, dst="ff02::2", nh=58, hlim=255)) \

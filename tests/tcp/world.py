@@ -17,18 +17,32 @@ from typing import Any
 from passtcore.run.sandbox import Sandbox
 
 PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers.py")
+IMPAIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "impair.py")
 
 
 class World:
-    def __init__(self, *daemon_args: str) -> None:
+    def __init__(self, *daemon_args: str, mtu: int = 65520, impair: tuple | None = None) -> None:
+        """``impair=(loss%, reorder%, dup%, delay_ms[, "--both"])``: the guest NIC is
+        ``impair.py`` on the daemon's stream socket instead of the daemon's tap."""
         self.sb = Sandbox("tc")
         self.sb.__enter__()
         try:
-            self.daemon = self.sb.start_daemon(*daemon_args)
+            if impair is None:
+                self.daemon = self.sb.start_daemon(*daemon_args)
+            else:
+                self.daemon = self.sb.start_daemon(*daemon_args, mode="socket")
+                shim = self.sb.popen_guest(sys.executable, IMPAIR, self.daemon.socket_path,
+                                           "eth0", *map(str, impair), stdout=subprocess.PIPE,
+                                           text=True)
+                if shim.stdout is None or shim.stdout.readline().strip() != "READY":
+                    raise RuntimeError("impair.py did not start")
+                self.sb.guest("ip", "link", "set", "eth0", "up")
             out = self.sb.host("ip", "-6", "addr", "show", "dev", "eth0", "scope", "link").stdout
             self.our_ll = out.split("inet6 ")[1].split("/")[0]
             self.guest_addr4 = self.sb.host_addr4
             self.guest_addr6 = self.sb.host_addr6
+            # what a DHCP client does with option 26 / the RA MTU option
+            self.sb.guest("ip", "link", "set", "eth0", "mtu", str(mtu))
             self.sb.guest("ip", "addr", "add", f"{self.guest_addr4}/24", "dev", "eth0")
             self.sb.guest("ip", "-6", "addr", "add", f"{self.guest_addr6}/64", "dev", "eth0", "nodad")
             self.sb.guest("ip", "route", "add", "default", "via", self.sb.gw4)

@@ -1,5 +1,9 @@
-"""Known frames for the kernel tests, built with scapy (the independent oracle) or hard-coded."""
+"""Helpers for the kernel tests: known frames (scapy-built or hard-coded) and backend loading."""
 from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
@@ -35,7 +39,19 @@ REAL_TCP6 = bytes.fromhex(
     + "20010db8000000000000000000000002"
     + "23289c400000000100000001501802004f160000" + "68656c6c6f"
 )
-REAL = {"icmp_reply": REAL_ICMP_REPLY, "tcp4": REAL_TCP4, "tcp6": REAL_TCP6}
+# (6) the Router Advertisement passt sent to a guest (passt-reference 5.3 / 8.3 (6)):
+# fe80::1 -> fe80::5054:ff:fe12:3456, 128-byte ICMPv6 body, checksum 0x0163.
+REAL_RA = bytes.fromhex(
+    "5254001234569a559a559a5586dd" + "6000000000803aff"
+    + "fe800000000000000000000000000001" + "fe80000000000000505400fffe123456"
+    + "86000163ff80232800000000" + "00000000"
+    + "030440c000000e1000000e1000000000" + "20010db8000000000000000000000000"
+    + "050100000000fff0"
+    + "190300000000003c" + "20010db8000000000000000000000053"
+    + "1f0500000000003c" + "076578616d706c6503636f6d0004636f7270076578616d706c65036f72670000"
+    + "0101021122334455"
+)
+REAL = {"icmp_reply": REAL_ICMP_REPLY, "tcp4": REAL_TCP4, "tcp6": REAL_TCP6, "ra": REAL_RA}
 
 SCAPY_FRAMES = {
     "tcp4": Ether(dst=MAC_H, src=MAC_G) / IP(src=A4, dst=B4, ttl=64) / TCP(
@@ -63,3 +79,16 @@ SCAPY_FRAMES = {
 
 def frame_bytes(name: str) -> bytes:
     return bytes(SCAPY_FRAMES[name])
+
+
+PURE_ONLY = os.environ.get("PASSTCORE_PURE", "") not in ("", "0")
+
+
+def native_or_none(name: str) -> ModuleType | None:
+    """The Cython module, or None when it is not built / PASSTCORE_PURE=1."""
+    if PURE_ONLY:
+        return None
+    try:
+        return importlib.import_module(f"passtcore._{name}")
+    except ImportError:
+        return None

@@ -1,0 +1,307 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Batch kernels over many frames of one shared buffer, Cython kernel.
+
+Same names and results as the pure twin ``passtcore_py.batch`` (see its
+docstring for the conventions: per-frame ``status`` codes, skipped-frame
+counts, IPv4-mapped addresses).  Each call acquires the buffer once, takes
+the offset/length/output arrays as typed memoryviews and runs one nogil loop
+over the frames with the C-struct parser and checksum core of ``_kern.pxd``:
+no Python object is created per frame.
+"""
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+
+import numpy as np
+
+from passtcore._kern cimport (
+    E_BAD_BOUNDS, E_OK, PInfo, frame_ok, ip_l4_fill, p_frame, p_ip, pc_load16, pc_load32,
+    pc_store16, pc_store32, pc_update16, pc_update32, pc_update_bytes,
+)
+from passtcore_py.batch import STATUS_OK, Classified, status_reason
+
+__all__ = [
+    "Classified", "STATUS_OK", "verify_checksums", "classify", "fill_checksums",
+    "rewrite_addresses", "set_tcp_ack_window", "status_reason",
+]
+
+
+def _frames(offsets, lengths):
+    offs = np.ascontiguousarray(offsets, dtype=np.int64)
+    lens = np.ascontiguousarray(lengths, dtype=np.int64)
+    if offs.ndim != 1 or offs.shape != lens.shape:
+        raise ValueError("offsets and lengths must be 1-D arrays of the same length")
+    return offs, lens
+
+
+cdef inline int _parse(const uint8_t* b, Py_ssize_t blen, int64_t off, int64_t ln, PInfo* i) noexcept nogil:
+    if ln == -1:
+        ln = blen - off
+    if off < 0 or ln < 0 or off > blen or ln > blen - off:
+        return E_BAD_BOUNDS
+    return p_frame(b, off, off + ln, i)
+
+
+cdef inline uint8_t* _wbuf(object buf, Py_buffer* v) except NULL:
+    PyObject_GetBuffer(buf, v, PyBUF_SIMPLE)
+    if v.readonly:
+        PyBuffer_Release(v)
+        raise TypeError("buffer is read-only")
+    return <uint8_t*>v.buf
+
+
+def verify_checksums(buf, offsets, lengths, out_ok):
+    """out_ok[i] = frame i's IPv4 header and L4 checksums are right; returns the number bad."""
+    offs, lens = _frames(offsets, lengths)
+    if out_ok.shape != offs.shape:
+        raise ValueError("out_ok must have one entry per frame")
+    cdef const int64_t[::1] o = offs
+    cdef const int64_t[::1] l = lens
+    cdef uint8_t[::1] ok = out_ok.view(np.uint8)
+    cdef Py_buffer v
+    cdef PInfo info
+    cdef Py_ssize_t i, n = o.shape[0], bad = 0
+    cdef bint good
+    PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
+    try:
+        with nogil:
+            for i in range(n):
+                good = False
+                if _parse(<const uint8_t*>v.buf, v.len, o[i], l[i], &info) == E_OK:
+                    good = frame_ok(<const uint8_t*>v.buf, &info) if info.ip_version else True
+                ok[i] = good
+                bad += not good
+    finally:
+        PyBuffer_Release(&v)
+    return bad
+
+
+def classify(buf, offsets, lengths):
+    """Parse every frame: protocol, 5-tuple, offsets, TCP header fields, status."""
+    offs, lens = _frames(offsets, lengths)
+    cdef Py_ssize_t i, n = offs.shape[0]
+    out = Classified(n)
+    cdef const int64_t[::1] o = offs
+    cdef const int64_t[::1] l = lens
+    cdef int16_t[::1] status = out.status
+    cdef int32_t[::1] ethertype = out.ethertype
+    cdef uint8_t[::1] ipv = out.ip_version
+    cdef int16_t[::1] proto = out.proto
+    cdef uint8_t[::1] frag = out.is_fragment.view(np.uint8)
+    cdef uint8_t[:, ::1] src = out.src
+    cdef uint8_t[:, ::1] dst = out.dst
+    cdef int32_t[::1] sport = out.sport
+    cdef int32_t[::1] dport = out.dport
+    cdef int64_t[::1] l3o = out.l3_offset
+    cdef int64_t[::1] l4o = out.l4_offset
+    cdef int64_t[::1] l4l = out.l4_len
+    cdef int64_t[::1] po = out.payload_offset
+    cdef int64_t[::1] pl = out.payload_len
+    cdef uint8_t[::1] flags = out.tcp_flags
+    cdef uint32_t[::1] seq = out.tcp_seq
+    cdef uint32_t[::1] ack = out.tcp_ack
+    cdef uint16_t[::1] win = out.tcp_window
+    cdef Py_buffer v
+    cdef PInfo info
+    cdef int rc
+    cdef const uint8_t* b
+    PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
+    try:
+        b = <const uint8_t*>v.buf
+        with nogil:
+            for i in range(n):
+                rc = _parse(b, v.len, o[i], l[i], &info)
+                if rc != E_OK:
+                    status[i] = rc
+                    continue
+                ethertype[i] = info.ethertype
+                ipv[i] = info.ip_version
+                l3o[i] = info.l3_offset
+                if info.ip_version == 0:
+                    continue
+                proto[i] = info.l4_proto
+                frag[i] = info.is_fragment
+                if info.ip_version == 4:
+                    src[i, 10] = 0xFF
+                    src[i, 11] = 0xFF
+                    dst[i, 10] = 0xFF
+                    dst[i, 11] = 0xFF
+                    memcpy(&src[i, 12], b + info.addr_off, 4)
+                    memcpy(&dst[i, 12], b + info.addr_off + 4, 4)
+                else:
+                    memcpy(&src[i, 0], b + info.addr_off, 16)
+                    memcpy(&dst[i, 0], b + info.addr_off + 16, 16)
+                sport[i] = info.sport
+                dport[i] = info.dport
+                l4o[i] = info.l4_offset
+                l4l[i] = info.l4_len
+                po[i] = info.payload_offset
+                pl[i] = info.payload_len
+                flags[i] = info.tcp_flags
+                seq[i] = info.tcp_seq
+                ack[i] = info.tcp_ack
+                win[i] = info.tcp_window
+    finally:
+        PyBuffer_Release(&v)
+    return out
+
+
+def fill_checksums(buf, offsets, lengths):
+    """Fill IPv4 header and L4 checksums of every frame; returns the number skipped (unparsable)."""
+    offs, lens = _frames(offsets, lengths)
+    cdef const int64_t[::1] o = offs
+    cdef const int64_t[::1] l = lens
+    cdef Py_buffer v
+    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef PInfo info
+    cdef Py_ssize_t i, n = o.shape[0], skipped = 0
+    try:
+        with nogil:
+            for i in range(n):
+                if _parse(b, v.len, o[i], l[i], &info) != E_OK:
+                    skipped += 1
+                elif info.ip_version:
+                    ip_l4_fill(b, &info, True)
+    finally:
+        PyBuffer_Release(&v)
+    return skipped
+
+
+def _per_frame_addr(a, Py_ssize_t n):
+    if a is None:
+        return None
+    if isinstance(a, (bytes, bytearray, memoryview)):
+        arr = np.frombuffer(bytes(a), np.uint8)
+        if arr.size not in (4, 16):
+            raise ValueError("address must be 4 or 16 bytes")
+        return np.ascontiguousarray(np.broadcast_to(arr, (n, arr.size)))
+    arr = np.ascontiguousarray(a, dtype=np.uint8)
+    if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] not in (4, 16):
+        raise ValueError("per-frame addresses must be an (N, 4) or (N, 16) uint8 array")
+    return arr
+
+
+cdef inline Py_ssize_t _pseudo_l4_off(const PInfo* i) noexcept nogil:
+    cdef int p = i.l4_proto
+    if i.is_fragment:
+        return -1
+    if p == 6 and i.l4_len >= 20:
+        return i.l4_offset + 16
+    if p == 17 and i.l4_len >= 8:
+        return i.l4_offset + 6
+    if p == 58 and i.ip_version == 6 and i.l4_len >= 4:
+        return i.l4_offset + 2
+    return -1
+
+
+cdef inline void _set_addr(uint8_t* b, const PInfo* i, Py_ssize_t o, const uint8_t* a) noexcept nogil:
+    cdef int alen = i.addr_len
+    cdef Py_ssize_t coff = _pseudo_l4_off(i)
+    cdef uint32_t ck
+    if alen == 4:
+        pc_store16(b + i.l3_offset + 10,
+                   pc_update_bytes(pc_load16(b + i.l3_offset + 10), b + o, a, 4))
+    if coff >= 0:
+        ck = pc_load16(b + coff)
+        if not (i.l4_proto == 17 and ck == 0):
+            ck = pc_update_bytes(ck, b + o, a, alen)
+            if ck == 0 and i.l4_proto == 17:
+                ck = 0xFFFF
+            pc_store16(b + coff, ck)
+    memcpy(b + o, a, alen)
+
+
+def rewrite_addresses(buf, offsets, lengths, src=None, dst=None):
+    """Set source / destination addresses of every frame, checksums updated incrementally.
+
+    ``src`` / ``dst``: None, bytes (same for all frames) or (N, 4|16) uint8
+    arrays; frames whose IP version does not match, or that do not parse,
+    are left untouched and counted (the return value).
+    """
+    offs, lens = _frames(offsets, lengths)
+    cdef Py_ssize_t i, n = offs.shape[0], skipped = 0
+    s_arr = _per_frame_addr(src, n)
+    d_arr = _per_frame_addr(dst, n)
+    cdef const int64_t[::1] o = offs
+    cdef const int64_t[::1] l = lens
+    cdef bint has_s = s_arr is not None, has_d = d_arr is not None
+    dummy = np.zeros((max(n, 1), 16), np.uint8)
+    cdef const uint8_t[:, ::1] s = s_arr if has_s else dummy
+    cdef const uint8_t[:, ::1] d = d_arr if has_d else dummy
+    cdef int sw = s.shape[1] if has_s else 0
+    cdef int dw = d.shape[1] if has_d else 0
+    cdef Py_buffer v
+    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef PInfo info
+    cdef int64_t end
+    try:
+        with nogil:
+            for i in range(n):
+                if _parse(b, v.len, o[i], l[i], &info) != E_OK or info.ip_version == 0 or (
+                        has_s and sw != info.addr_len) or (has_d and dw != info.addr_len):
+                    skipped += 1
+                    continue
+                # same as the twin: the IP header re-read up to the end of the frame
+                end = o[i] + (l[i] if l[i] != -1 else v.len - o[i])
+                if p_ip(b, info.l3_offset, end, &info) != E_OK:
+                    skipped += 1
+                    continue
+                if has_s:
+                    _set_addr(b, &info, info.addr_off, &s[i, 0])
+                if has_d:
+                    _set_addr(b, &info, info.addr_off + info.addr_len, &d[i, 0])
+    finally:
+        PyBuffer_Release(&v)
+    return skipped
+
+
+def _per_frame_int(val, Py_ssize_t n):
+    if val is None:
+        return None
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(val, dtype=np.int64), (n,)))
+
+
+def set_tcp_ack_window(buf, offsets, lengths, ack=None, window=None):
+    """Set the TCP ack number and/or window of every TCP frame, checksum updated incrementally.
+
+    ``ack`` / ``window``: None, an int for all frames or a per-frame array (a
+    negative entry keeps that frame's value).  Non-TCP / unparsable /
+    fragment frames are left untouched and counted (the return value).
+    """
+    offs, lens = _frames(offsets, lengths)
+    cdef Py_ssize_t i, n = offs.shape[0], skipped = 0
+    a_arr = _per_frame_int(ack, n)
+    w_arr = _per_frame_int(window, n)
+    cdef const int64_t[::1] o = offs
+    cdef const int64_t[::1] l = lens
+    cdef bint has_a = a_arr is not None, has_w = w_arr is not None
+    dummy = np.zeros(max(n, 1), np.int64)
+    cdef const int64_t[::1] av = a_arr if has_a else dummy
+    cdef const int64_t[::1] wv = w_arr if has_w else dummy
+    cdef Py_buffer v
+    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef PInfo info
+    cdef Py_ssize_t t
+    cdef uint32_t ck, old, new
+    try:
+        with nogil:
+            for i in range(n):
+                if _parse(b, v.len, o[i], l[i], &info) != E_OK or info.ip_version == 0 or (
+                        info.l4_proto != 6) or info.is_fragment:
+                    skipped += 1
+                    continue
+                t = info.l4_offset
+                ck = pc_load16(b + t + 16)
+                if has_a and av[i] >= 0:
+                    new = <uint32_t>av[i]  # truncation = & 0xFFFFFFFF
+                    ck = pc_update32(ck, pc_load32(b + t + 8), new)
+                    pc_store32(b + t + 8, new)
+                if has_w and wv[i] >= 0:
+                    new = <uint32_t>(wv[i] & 0xFFFF)
+                    old = pc_load16(b + t + 14)
+                    ck = pc_update16(ck, old, new)
+                    pc_store16(b + t + 14, new)
+                pc_store16(b + t + 16, ck)
+    finally:
+        PyBuffer_Release(&v)
+    return skipped

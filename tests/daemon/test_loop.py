@@ -1,0 +1,71 @@
+"""The event loop and counters, in-process."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from passtcore.run.counters import Counters, parse_line
+from passtcore.run.loop import Loop
+
+
+def test_readers_writers_and_timers() -> None:
+    loop = Loop()
+    r, w = os.pipe()
+    seen: list[str] = []
+    try:
+        loop.add_reader(r, lambda: seen.append(os.read(r, 10).decode()))
+        loop.add_writer(w, lambda: (os.write(w, b"x"), loop.remove_writer(w)))
+        loop.call_later(0.05, lambda: seen.append("later"))
+        ticks: list[float] = []
+        h = loop.call_every(0.02, lambda: ticks.append(loop.now()))
+        cancelled = loop.call_later(0.01, lambda: seen.append("never"))
+        cancelled.cancel()
+        loop.call_later(0.12, loop.stop)
+        t0 = time.monotonic()
+        assert loop.run() == 0
+        assert 0.1 < time.monotonic() - t0 < 2
+        assert seen[0] == "x" and "later" in seen and "never" not in seen
+        assert 3 <= len(ticks) <= 8
+        h.cancel()
+    finally:
+        loop.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_failing_callback_does_not_stop_the_loop() -> None:
+    loop = Loop()
+    errors: list[BaseException] = []
+    loop.on_error = lambda exc, cb: errors.append(exc)
+    loop.call_later(0.0, lambda: 1 / 0)
+    loop.call_later(0.02, loop.stop)
+    loop.run()
+    loop.close()
+    assert isinstance(errors[0], ZeroDivisionError)
+
+
+def test_signals_wake_the_loop() -> None:
+    loop = Loop()
+    got: list[int] = []
+    loop.add_signal_handler(signal.SIGUSR2, lambda s: (got.append(s), loop.stop(7)))
+    loop.call_later(0.05, lambda: os.kill(os.getpid(), signal.SIGUSR2))
+    loop.call_later(5, loop.stop)  # bound
+    t0 = time.monotonic()
+    assert loop.run() == 7
+    assert got == [signal.SIGUSR2] and time.monotonic() - t0 < 2
+    loop.close()
+    signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+
+
+def test_counters_format_roundtrip() -> None:
+    c = Counters()
+    c.frame_in(60)
+    c.frame_out(42)
+    c.drop("runt-frame")
+    c.drop("runt-frame")
+    c.inc("clients")
+    line = "1.0000: info:    " + c.format()
+    assert parse_line(line) == c.snapshot()
+    assert c.drops() == {"runt-frame": 2}
+    assert c.format().startswith("counters: frames_in=1 bytes_in=60 frames_out=1 bytes_out=42")
