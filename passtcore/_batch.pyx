@@ -15,14 +15,16 @@ from libc.string cimport memcpy, memset
 import numpy as np
 
 from passtcore._kern cimport (
-    E_BAD_BOUNDS, E_OK, PInfo, frame_ok, ip_l4_fill, p_frame, p_ip, pc_load16, pc_load32,
-    pc_store16, pc_store32, pc_update16, pc_update32, pc_update_bytes,
+    E_BAD_BOUNDS, E_OK, PInfo, frame_ok, ip_l4_fill, p_frame, p_ip, pc_csum, pc_fold, pc_load16,
+    pc_load32, pc_store16, pc_store32, pc_update16, pc_update32, pc_update_bytes,
 )
+from passtcore._headers import build_tcp as _build_tcp
+from passtcore._headers import header_len as _header_len
 from passtcore_py.batch import STATUS_OK, Classified, status_reason
 
 __all__ = [
     "Classified", "STATUS_OK", "verify_checksums", "classify", "fill_checksums",
-    "rewrite_addresses", "set_tcp_ack_window", "status_reason",
+    "rewrite_addresses", "set_tcp_ack_window", "build_tcp_segments", "status_reason",
 ]
 
 
@@ -305,3 +307,66 @@ def set_tcp_ack_window(buf, offsets, lengths, ack=None, window=None):
     finally:
         PyBuffer_Release(&v)
     return skipped
+
+
+def build_tcp_segments(buf, offsets, payload_lens, eth_dst, eth_src, src, dst, int sport,
+                       int dport, seq, ack, int flags, int window, options=b""):
+    """Build N consecutive TCP segments of one flow in one call; returns the frame lengths.
+
+    The headers of the first frame are built once (by ``_headers.build_tcp``) as a
+    template; every frame then gets a copy with its own length fields, sequence
+    number and checksums, in one nogil loop.
+    """
+    offs = np.ascontiguousarray(offsets, dtype=np.int64)
+    plens = np.ascontiguousarray(payload_lens, dtype=np.int64)
+    if offs.ndim != 1 or offs.shape != plens.shape:
+        raise ValueError("offsets and payload_lens must be 1-D arrays of the same length")
+    src = src if type(src) is bytes else bytes(src)
+    dst = dst if type(dst) is bytes else bytes(dst)
+    options = options if type(options) is bytes else bytes(options)
+    cdef Py_ssize_t hl = _header_len(4 if len(src) == 4 else 6, 6, len(options))
+    cdef Py_ssize_t i, n = offs.shape[0]
+    out = np.empty(n, np.int64)
+    if n == 0:
+        return out
+    tmpl = bytearray(hl)
+    _build_tcp(tmpl, 0, eth_dst, eth_src, src, dst, sport, dport, 0, ack, flags, window, 0, options)
+    cdef const int64_t[::1] o = offs
+    cdef const int64_t[::1] pl = plens
+    cdef int64_t[::1] res = out
+    cdef const uint8_t[::1] t = tmpl
+    cdef bint v4 = len(src) == 4
+    cdef Py_ssize_t l3 = 14, l4 = 34 if v4 else 54, thl = hl - l4, l4len, off
+    cdef uint32_t s = <uint32_t>(seq & 0xFFFFFFFF), ck
+    cdef uint64_t addr_sum
+    cdef Py_buffer v
+    cdef uint8_t* b = _wbuf(buf, &v)
+    try:
+        if (offs.min() < 0 or plens.min() < 0
+                or int((offs + plens).max()) + hl > v.len):
+            raise ValueError("a segment does not fit in the buffer")
+        if v4 and int(plens.max()) + hl - 14 > 0xFFFF:
+            raise ValueError("IPv4 packet too long")
+        if not v4 and int(plens.max()) + thl > 0xFFFF:
+            raise ValueError("IPv6 payload too long")
+        addr_sum = pc_csum(&t[0] + (l3 + 12 if v4 else l3 + 8), 8 if v4 else 32, 0)
+        with nogil:
+            for i in range(n):
+                off = o[i]
+                l4len = thl + pl[i]
+                memcpy(b + off, &t[0], hl)
+                if v4:
+                    pc_store16(b + off + l3 + 2, <uint32_t>(20 + l4len))
+                    pc_store16(b + off + l3 + 10, 0)
+                    pc_store16(b + off + l3 + 10, (~pc_csum(b + off + l3, 20, 0)) & 0xFFFF)
+                else:
+                    pc_store16(b + off + l3 + 4, <uint32_t>l4len)
+                pc_store32(b + off + l4 + 4, s)
+                ck = pc_fold(addr_sum + 6 + <uint64_t>l4len)
+                ck = (~pc_csum(b + off + l4, l4len, ck)) & 0xFFFF
+                pc_store16(b + off + l4 + 16, ck)
+                res[i] = hl + pl[i]
+                s = s + <uint32_t>pl[i]
+    finally:
+        PyBuffer_Release(&v)
+    return out

@@ -19,15 +19,21 @@ Here the table lives in malloc'd C arrays freed in ``__dealloc__``:
   word), the hash tag, the last-seen time and an in-use flag;
 * the free stack of indices.
 
-Hashing, probing, removal, expiry and the batch loops run without the GIL and
-without a Python object per key.
+Hashing, probing, removal, expiry and the batch loops are ``nogil`` C
+functions with no Python object per key.  The methods call them with the GIL
+held: the table is shared mutable state, and a Python thread must never see
+it half-updated; releasing the GIL would buy nothing on the daemon's single
+event-loop thread.  Batch lookups hash a chunk of rows first and prefetch
+their buckets and keys, so the memory misses of a large table overlap.
 """
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-cimport numpy as cnp
+import operator
+
 import numpy as np
 
 from passtcore._siphash cimport siphash24_raw
@@ -41,8 +47,6 @@ from passtcore_py.flowtable import (
     flow_key_bytes,
     normalise_addr,
 )
-
-cnp.import_array()
 
 __all__ = [
     "FlowTable",
@@ -167,14 +171,21 @@ cdef tuple key_rows(KeyRows* rows, protos, sides, saddrs, sports, daddrs, dports
     Returns the arrays: the caller keeps them alive while rows is used.
     """
     arrays = coerce_batch(protos, sides, saddrs, sports, daddrs, dports)
-    cdef cnp.ndarray p = arrays[0], s = arrays[1], sa = arrays[2], sp = arrays[3], da = arrays[4], dp = arrays[5]
+    cdef const uint8_t[::1] p = arrays[0]
+    cdef const uint8_t[::1] s = arrays[1]
+    cdef const uint8_t[:, ::1] sa = arrays[2]
+    cdef const uint16_t[::1] sp = arrays[3]
+    cdef const uint8_t[:, ::1] da = arrays[4]
+    cdef const uint16_t[::1] dp = arrays[5]
     rows.n = p.shape[0]
-    rows.protos = <const uint8_t*>p.data
-    rows.sides = <const uint8_t*>s.data
-    rows.saddrs = <const uint8_t*>sa.data
-    rows.sports = <const uint16_t*>sp.data
-    rows.daddrs = <const uint8_t*>da.data
-    rows.dports = <const uint16_t*>dp.data
+    if rows.n == 0:
+        return arrays
+    rows.protos = &p[0]
+    rows.sides = &s[0]
+    rows.saddrs = &sa[0, 0]
+    rows.sports = &sp[0]
+    rows.daddrs = &da[0, 0]
+    rows.dports = &dp[0]
     return arrays
 
 
@@ -184,7 +195,18 @@ cdef inline void row_key(const KeyRows* rows, Py_ssize_t r, FlowKey* k) noexcept
     memcpy(<uint8_t*>k + 22, rows.daddrs + 16 * r, 16)
 
 
-cdef cnp.ndarray out_array(object out, Py_ssize_t n):
+cdef int64_t* i64_data(object arr) except NULL:
+    """Data pointer of a contiguous writable int64 array (a dummy for empty ones)."""
+    cdef int64_t[::1] v = arr
+    if v.shape[0] == 0:
+        return <int64_t*>&EMPTY_OUT
+    return &v[0]
+
+
+cdef int64_t EMPTY_OUT = 0
+
+
+cdef object out_array(object out, Py_ssize_t n):
     if out is None:
         return np.empty(n, dtype=np.int64)
     if (not isinstance(out, np.ndarray) or out.dtype != np.int64 or out.shape != (n,)
@@ -193,6 +215,7 @@ cdef cnp.ndarray out_array(object out, Py_ssize_t n):
     return out
 
 
+@cython.final   # direct (inlinable) calls of the cdef methods, no vtable
 cdef class FlowTable:
     """Fixed-capacity flow table: key -> flow index in ``0..capacity-1``."""
 
@@ -214,9 +237,11 @@ cdef class FlowTable:
     def __cinit__(self, capacity, key=None):
         cdef Py_ssize_t i
         nb = bucket_count(capacity)           # validates capacity
-        self._capacity = capacity
+        self._capacity = capacity = operator.index(capacity)
         self._nbuckets = nb
         self._mask = self._nbuckets - 1
+        if key is not None and not isinstance(key, (bytes, bytearray, memoryview)):
+            raise TypeError("SipHash key must be bytes")
         self._key = PROCESS_KEY if key is None else bytes(key)
         split_key(self._key, &self._k0, &self._k1)
         self._b = <Bucket*>malloc(self._nbuckets * sizeof(Bucket))
@@ -435,8 +460,8 @@ cdef class FlowTable:
 
     def indices(self):
         """Indices in use, ascending, as int64."""
-        cdef cnp.ndarray out = np.empty(self._n, dtype=np.int64)
-        self._indices(<int64_t*>out.data)
+        out = np.empty(self._n, dtype=np.int64)
+        self._indices(i64_data(out))
         return out
 
     def expire(self, double now, double timeout):
@@ -445,8 +470,8 @@ cdef class FlowTable:
         Returns their indices, ascending, as int64.
         """
         cdef Py_ssize_t n0 = self._n
-        cdef cnp.ndarray out = np.empty(n0, dtype=np.int64)
-        cdef Py_ssize_t c = self._expire(now, timeout, <int64_t*>out.data)
+        out = np.empty(n0, dtype=np.int64)
+        cdef Py_ssize_t c = self._expire(now, timeout, i64_data(out))
         return out if c == n0 else out[:c].copy()
 
     def clear(self) -> None:
@@ -459,8 +484,8 @@ cdef class FlowTable:
         """Look up N keys given as arrays (addresses as (N, 16) uint8 rows); int64 indices, -1 = absent."""
         cdef KeyRows rows
         keep = key_rows(&rows, protos, sides, saddrs, sports, daddrs, dports)
-        cdef cnp.ndarray res = out_array(out, rows.n)
-        self._lookup_rows(&rows, <int64_t*>res.data)
+        res = out_array(out, rows.n)
+        self._lookup_rows(&rows, i64_data(res))
         return res
 
     def insert_batch(self, protos, sides, saddrs, sports, daddrs, dports, double now=0.0):
@@ -470,8 +495,8 @@ cdef class FlowTable:
         """
         cdef KeyRows rows
         keep = key_rows(&rows, protos, sides, saddrs, sports, daddrs, dports)
-        cdef cnp.ndarray res = np.empty(rows.n, dtype=np.int64)
-        cdef Py_ssize_t failed = self._insert_rows(&rows, now, <int64_t*>res.data)
+        res = np.empty(rows.n, dtype=np.int64)
+        cdef Py_ssize_t failed = self._insert_rows(&rows, now, i64_data(res))
         if failed >= 0:
             raise FlowTableFull(
                 f"flow table full ({self._capacity} flows) at batch row {failed}; rows before it were inserted")

@@ -34,6 +34,7 @@ __all__ = [
     "fill_checksums",
     "rewrite_addresses",
     "set_tcp_ack_window",
+    "build_tcp_segments",
     "status_reason",
 ]
 
@@ -237,3 +238,31 @@ def set_tcp_ack_window(buf: Any, offsets: Any, lengths: Any, ack: Any = None, wi
         w = None if wins is None or wins[i] < 0 else int(wins[i]) & 0xFFFF
         _h.set_tcp(mv, info.l4_offset, ack=a, window=w)
     return skipped
+
+
+def build_tcp_segments(buf: Any, offsets: Any, payload_lens: Any, eth_dst: bytes, eth_src: bytes,
+                       src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int,
+                       flags: int, window: int, options: bytes = b"") -> np.ndarray:
+    """Build N consecutive TCP segments of one flow in one call; returns the frame lengths.
+
+    Frame i starts at ``offsets[i]``; its payload (``payload_lens[i]`` bytes) is
+    already in place at ``offsets[i] + header_len(...)``.  Segment i carries
+    sequence number ``seq + sum(payload_lens[:i])`` (mod 2**32); everything
+    else (addresses, ports, ack, flags, window, options) is shared.  All frames
+    are bounds-checked before anything is written (ValueError).
+    """
+    offs = np.ascontiguousarray(offsets, dtype=np.int64)
+    plens = np.ascontiguousarray(payload_lens, dtype=np.int64)
+    if offs.ndim != 1 or offs.shape != plens.shape:
+        raise ValueError("offsets and payload_lens must be 1-D arrays of the same length")
+    src, dst = bytes(src), bytes(dst)
+    hl = _h.header_len(4 if len(src) == 4 else 6, 6, len(bytes(options)))
+    size = memoryview(buf).nbytes
+    if len(offs) and (offs.min() < 0 or plens.min() < 0 or int((offs + plens).max()) + hl > size):
+        raise ValueError("a segment does not fit in the buffer")
+    out = np.empty(len(offs), np.int64)
+    for i in range(len(offs)):
+        out[i] = _h.build_tcp(buf, int(offs[i]), eth_dst, eth_src, src, dst, sport, dport,
+                              seq & 0xFFFFFFFF, ack, flags, window, int(plens[i]), options)
+        seq += int(plens[i])
+    return out

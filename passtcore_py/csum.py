@@ -71,7 +71,10 @@ def csum_partial(buf: Any, offset: int = 0, length: int = -1, init: int = 0) -> 
     """One's-complement sum of ``buf[offset:offset+length]`` plus ``init`` (not complemented)."""
     if init < 0:
         raise ValueError("init must be >= 0")
-    data = _span(buf, offset, length)
+    if type(buf) is bytes and offset == 0 and length == -1:
+        data = buf
+    else:
+        data = _span(buf, offset, length)
     x = int.from_bytes(data, "big")
     if len(data) & 1:
         x <<= 8  # odd trailing byte is the high byte of a zero-padded word

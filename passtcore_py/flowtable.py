@@ -48,6 +48,7 @@ already present raises ``KeyError`` and changes nothing.
 """
 from __future__ import annotations
 
+import operator
 import os
 from typing import Any
 
@@ -83,8 +84,9 @@ class FlowTableFull(RuntimeError):
 
 def bucket_count(capacity: int) -> int:
     """Buckets for ``capacity`` flows: a power of two, load at most 70 %."""
-    if not isinstance(capacity, int) or isinstance(capacity, bool):
+    if isinstance(capacity, bool):
         raise TypeError("capacity must be an int")
+    capacity = operator.index(capacity)  # TypeError for floats, strings
     if not 1 <= capacity <= MAX_CAPACITY:
         raise ValueError(f"capacity must be in 1..{MAX_CAPACITY}, got {capacity}")
     need = (capacity * 10 + 6) // 7 + 1  # > capacity / 0.7: always an empty bucket
@@ -238,9 +240,9 @@ class FlowTable:
     def __init__(self, capacity: int, key: bytes | None = None) -> None:
         self._nbuckets = bucket_count(capacity)
         self._mask = self._nbuckets - 1
-        self._capacity = capacity
+        capacity = self._capacity = operator.index(capacity)
+        self._k0, self._k1 = _split_key(PROCESS_KEY if key is None else key)
         self._key = PROCESS_KEY if key is None else bytes(key)
-        self._k0, self._k1 = _split_key(self._key)
         self._bidx: list[int] = [-1] * self._nbuckets
         self._keys: list[bytes | None] = [None] * capacity
         self._hash: list[int] = [0] * capacity  # low 32 bits of each flow's hash
@@ -338,7 +340,7 @@ class FlowTable:
         self._removes += 1
 
     def _check_index(self, i: int) -> int:
-        i = int(i)
+        i = operator.index(i)
         if not 0 <= i < self._capacity:
             raise IndexError(f"flow index {i} out of range 0..{self._capacity - 1}")
         if self._keys[i] is None:
@@ -374,7 +376,7 @@ class FlowTable:
         return self.lookup(*key) >= 0
 
     def in_use(self, i: int) -> bool:
-        i = int(i)
+        i = operator.index(i)
         return 0 <= i < self._capacity and self._keys[i] is not None
 
     def key_of(self, i: int) -> tuple[int, int, bytes, int, bytes, int]:

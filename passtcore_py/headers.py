@@ -164,6 +164,8 @@ class FrameInfo:
 
 
 def _view(buf: Any) -> memoryview:
+    if type(buf) is memoryview and buf.format == "B" and buf.ndim == 1:
+        return buf  # the layers of parse_frame pass the same view down
     mv = memoryview(buf)
     if mv.ndim != 1 or mv.itemsize != 1 or mv.format != "B":
         mv = mv.cast("B")
@@ -318,6 +320,8 @@ def parse_tcp_options(buf: Any, offset: int, length: int) -> tuple[int, int, boo
     ``ParseError("bad-tcp-option")``.
     """
     mv, end = _window(buf, offset, length)
+    if end == offset:
+        return -1, -1, False, -1, -1  # the common case: no options
     mss = ws = tsv = tse = -1
     sack = False
     i = offset

@@ -399,7 +399,7 @@ def _escape_attr(value: str) -> str:
             .replace("\r", "&#xD;"))
 
 
-def render(elem: Elem, indent: str | None = None, unit: str = "\t") -> str:
+def render(elem: Elem, indent: str | None = None, unit: str = "\t", newline: str = "\n") -> str:
     """Serialise; ``indent`` None = compact, else children one ``unit`` deeper."""
     tag, attrs, children = elem
     head = "<" + tag + "".join(f' {k}="{_escape_attr(v)}"' for k, v in attrs)
@@ -409,8 +409,8 @@ def render(elem: Elem, indent: str | None = None, unit: str = "\t") -> str:
         inner = "".join(render(c) for c in children)
         return f"{head}>{inner}</{tag}>"
     sub = indent + unit
-    inner = "".join(f"\n{sub}{render(c, sub, unit)}" for c in children)
-    return f"{head}>{inner}\n{indent}</{tag}>"
+    inner = "".join(f"{newline}{sub}{render(c, sub, unit, newline)}" for c in children)
+    return f"{head}>{inner}{newline}{indent}</{tag}>"
 
 
 def portforward_element(pf: PortForward) -> Elem:
@@ -608,6 +608,7 @@ class _Layout:
 
     def __init__(self, data: bytes, root: Node) -> None:
         self.data = data
+        self.newline = "\r\n" if b"\r\n" in data[:root.tag_end + 200] else "\n"  # keep CRLF files CRLF
         first = root.children[0] if root.children else None
         indent = self.indent(first) if first else None
         base = self.indent(root) or ""
@@ -638,20 +639,20 @@ class _Layout:
         return None if own is None else own + self.unit
 
     def render(self, elem: Elem, indent: str | None) -> bytes:
-        text = render(elem, indent, self.unit or "") if indent is not None else render(elem)
+        text = render(elem, indent, self.unit or "", self.newline) if indent is not None else render(elem)
         return text.encode("utf-8")
 
     def insert_after(self, node: Node, elem: Elem) -> tuple[int, int, bytes]:
         indent = self.indent(node)
-        lead = b"" if indent is None else b"\n" + indent.encode()
+        lead = b"" if indent is None else (self.newline + indent).encode()
         return node.end, node.end, lead + self.render(elem, indent)
 
     def append_child(self, parent: Node, elem: Elem) -> tuple[int, int, bytes]:
         indent = self.child_indent(parent)
         own = self.indent(parent)
         text = self.render(elem, indent)
-        lead = b"" if indent is None else b"\n" + indent.encode()
-        trail = b"" if own is None or indent is None else b"\n" + own.encode()
+        lead = b"" if indent is None else (self.newline + indent).encode()
+        trail = b"" if own is None or indent is None else (self.newline + own).encode()
         if parent.self_closed:
             tag = self.data[parent.start:parent.end - 2].rstrip()
             return parent.start, parent.end, (tag + b">" + lead + text + trail

@@ -4,7 +4,9 @@ Builds a ``Sandbox`` (private upstream/host/guest namespaces with
 documentation addresses; nothing can leave the machine), starts
 ``passtcore-run`` in namespace mode serving the guest, then, in the guest:
 gets a DHCP lease with busybox udhcpc (address, router, DNS, search, MTU
-printed from what the client received), pings the gateway and, if the TCP
+printed from what the client received), pings the gateway, waits for the
+SLAAC address from the daemon's router advertisement and pings the IPv6
+gateway, and, if the TCP
 engine is present, fetches a page with curl from an HTTP server listening on
 the host namespace's loopback, through the gateway mapping
 (``http://<gateway>:PORT/`` in the guest reaches ``127.0.0.1:PORT`` on the
@@ -87,6 +89,8 @@ def run_demo(verbose: bool = False) -> None:
         say(f"ping {sb.gw4}: {received.group(1) if received else '?'}/3 replies, "
             f"avg rtt {rtt} ms")
 
+        _ipv6(sb)
+
         if not _tcp_available():
             say("HTTP: skipped (the TCP engine, passtcore/run/tcp.py, is not there yet)")
         else:
@@ -95,6 +99,30 @@ def run_demo(verbose: bool = False) -> None:
         say("daemon counters: " + ", ".join(f"{k}={v}" for k, v in counters.items()))
         code = d.stop()
         say(f"daemon stopped (exit {code})")
+
+
+def _ipv6(sb: Any) -> None:
+    """SLAAC from the daemon's RA (the guest kernel sends the RS), then ping6 the gateway."""
+    deadline = time.monotonic() + 15
+    addr = None
+    while addr is None:
+        out = sb.guest("ip", "-6", "-o", "addr", "show", "eth0", "scope", "global").stdout
+        if "tentative" not in out:
+            m = re.search(r"inet6 (\S+)", out)
+            addr = m.group(1) if m else None
+        if addr is None:
+            if time.monotonic() > deadline:
+                raise DemoError("no IPv6 address from the router advertisement (SLAAC)")
+            time.sleep(0.1)
+    route = sb.guest("ip", "-6", "route", "show", "default").stdout.split()
+    router = route[2] if len(route) > 2 else "-"
+    say(f"IPv6 (SLAAC from the RA): address {addr}, default router {router}")
+    r = sb.guest("ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", sb.gw6, check=False,
+                 timeout=30)
+    if r.returncode != 0:
+        raise DemoError(f"ping -6 {sb.gw6} failed: {r.stdout.strip()} {r.stderr.strip()}")
+    m = re.search(r"= [\d.]+/([\d.]+)/", r.stdout)
+    say(f"ping -6 {sb.gw6}: 3/3 replies, avg rtt {m.group(1) if m else '?'} ms")
 
 
 def _http(sb: Any) -> None:

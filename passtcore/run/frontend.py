@@ -242,6 +242,8 @@ class StreamConnection:
     def _gone(self) -> None:
         if self.closed:
             return
+        if self.end > self.start or self.skip:
+            self.counters.drop("truncated-at-eof")  # the client left mid-frame
         self.close()
         self.on_gone()
 

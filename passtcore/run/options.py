@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+
+# No `typing` at run time: importing it costs milliseconds of the start-up budget.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 PROG = "passtcore-run"
 VERSION = "0.1.0"

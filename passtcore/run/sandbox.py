@@ -11,7 +11,10 @@ Three network namespaces with a random suffix (parallel runs never collide):
   a search line. Per passt-reference 4.5, loopback resolvers are advertised
   as the gateway address (reachable through the gateway mapping), so the
   guest is told DNS = ``gw4`` / ``gw6`` (attributes ``dns4``/``dns6``);
-- ``guest``: empty, ``lo`` up; the daemon creates its tap there.
+- ``guest``: empty, ``lo`` up; the daemon creates its tap there. It has its
+  own (empty) ``/etc/netns/<guest>/resolv.conf`` too (``guest_resolv_conf``):
+  udhcpc's default script and dhclient write ``/etc/resolv.conf``, and that
+  must be the sandbox's copy, never the machine's.
 
 Sysctls in ``host``: ``net.ipv4.ping_group_range = 0 2147483647`` (the daemon
 drops to ``nobody`` when started as root, like passt, and needs ping sockets)
@@ -197,6 +200,7 @@ class Sandbox:
         # What the guest must be told (loopback resolvers -> the gateway).
         self.dns4 = [self.gw4]
         self.dns6 = [self.gw6]
+        self.dns = self.dns4 + self.dns6
 
     # -- construction ------------------------------------------------------
     def _ip(self, *args: str) -> None:

@@ -81,6 +81,8 @@ SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)
 SO_MEMINFO = 55             # u32[9]: rmem_alloc, rcvbuf, wmem_alloc, sndbuf, fwd_alloc, wmem_queued, ...
 SOCK_BUF = 0x3FFFFFFF       # INT_MAX/2 like passt: the kernel caps it at [rw]mem_max
 ACCEPT_BATCH = 64
+HOLD_MAX = MAX_WINDOW       # guest data held per connection (out of order / socket full)
+HOLD_TOTAL = 256 << 20      # ... and in total
 
 _M32 = 0xFFFFFFFF
 
@@ -98,7 +100,7 @@ class Conn:
         "seq_to_tap", "seq_ack_from_tap", "seq_from_tap", "isn", "guest_isn",
         "wnd_from_tap", "ws_from_tap", "ws_to_tap", "mss", "reading", "writing",
         "lowat", "dupacks", "retries", "last_progress", "last_activity", "created",
-        "last_wnd", "fin_seq", "stalled_since", "peekoff",
+        "last_wnd", "fin_seq", "stalled_since", "peekoff", "held", "held_bytes",
     )
 
     def __init__(self) -> None:
@@ -110,6 +112,8 @@ class Conn:
         self.fin_seq = -1
         self.stalled_since = 0.0
         self.last_wnd = -1
+        self.held: list[tuple[int, bytes, bool]] | None = None
+        self.held_bytes = 0
 
     def name(self) -> str:
         return f"{self.gport}<->{self.rport}"
@@ -134,6 +138,7 @@ class TcpEngine:
         self.dmv = memoryview(self.discard)
         self._big_discard: memoryview | None = None
         self.listeners: list[tuple[socket.socket, fwd.Forward]] = []
+        self.held_total = 0
         self.disabled = bool(getattr(conf, "no_tcp", False))
         if not self.disabled:
             specs = fwd.conf_specs(conf, "tcp")
@@ -192,7 +197,7 @@ class TcpEngine:
         """
         try:
             mi = struct.unpack_from("9I", c.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
-            free = (mi[3] - mi[5]) * 3 // 4
+            free = (mi[3] - mi[5]) * 3 // 4 - c.held_bytes
         except OSError:
             free = WINDOW_DEFAULT
         if not c.events & ESTABLISHED:
@@ -279,6 +284,9 @@ class TcpEngine:
         if c.events & CLOSED:
             return
         c.events = CLOSED
+        if c.held:
+            self.held_total -= c.held_bytes
+            c.held, c.held_bytes = None, 0
         self._set_reading(c, False)
         self._set_writing(c, False)
         if c.sock is not None:
@@ -544,7 +552,9 @@ class TcpEngine:
                 self._ctrl(c, ACK)
             return
         if off > 0:
+            # beyond a gap: held (bounded, never ACKed) until the gap is filled
             self._count("tcp_out_of_order")
+            self._hold(c, info.tcp_seq, frame[info.payload_offset:info.payload_offset + plen], fin)
             self._ctrl(c, ACK)  # duplicate ACK: the guest retransmits the gap
             return
         if off + plen < 0 or (off + plen == 0 and not fin) or (off + plen == 0 and off < 0):
@@ -552,22 +562,34 @@ class TcpEngine:
             return
         start = info.payload_offset - off
         end = info.payload_offset + plen
+        if c.held:
+            self._hold(c, c.seq_from_tap, frame[start:end], fin)
+        elif not self._write(c, frame[start:end], fin):
+            return
+        if c.held and not self._drain(c):
+            return
+        self._ctrl(c, ACK)
+
+    def _write(self, c: Conn, data: Any, fin: bool) -> bool:
+        """Write in-order guest data; an unwritten tail is held until the socket drains."""
         written = 0
-        if end > start:
+        if len(data):
             try:
-                written = c.sock.send(frame[start:end], socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                written = c.sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
             except BlockingIOError:
                 written = 0
             except BrokenPipeError:
-                written = end - start
+                written = len(data)
             except OSError:
                 self._reset(c)
-                return
+                return False
             c.seq_from_tap = (c.seq_from_tap + written) & _M32
-            if written < end - start:
-                self._count("tcp_sndbuf_full")
-                self._set_writing(c, True)
-        if fin and written == end - start:
+        if written < len(data):
+            self._count("tcp_sndbuf_full")
+            self._hold(c, c.seq_from_tap, data[written:], fin)
+            self._set_writing(c, True)
+            return True
+        if fin:
             c.seq_from_tap = (c.seq_from_tap + 1) & _M32
             c.events |= TAP_FIN_RCVD
             try:
@@ -575,13 +597,55 @@ class TcpEngine:
                 c.events |= SOCK_FIN_SENT
             except OSError:
                 pass
-        self._ctrl(c, ACK)
+        return True
+
+    def _hold(self, c: Conn, seq: int, data: Any, fin: bool) -> None:
+        """Keep a segment the socket can't take yet (bounded per connection and in total)."""
+        n = len(data)
+        if c.held_bytes + n > HOLD_MAX or self.held_total + n > HOLD_TOTAL:
+            self._count("tcp_hold_full")
+            return  # dropped: the guest retransmits it
+        held = c.held
+        if held is None:
+            held = c.held = []
+        for hseq, hdata, _ in held:
+            if hseq == seq and len(hdata) >= n:
+                return  # duplicate
+        held.append((seq, bytes(data), fin))
+        held.sort(key=lambda e: _d(e[0], c.seq_from_tap))
+        c.held_bytes += n
+        self.held_total += n
+
+    def _drain(self, c: Conn) -> bool:
+        """Write held segments that are now in order; False if the connection died."""
+        held = c.held
+        while held:
+            seq, data, fin = held[0]
+            off = _d(seq, c.seq_from_tap)
+            if off > 0:
+                break
+            held.pop(0)
+            c.held_bytes -= len(data)
+            self.held_total -= len(data)
+            if -off > len(data) or (-off == len(data) and not fin):
+                continue  # already written
+            if not self._write(c, memoryview(data)[-off:], fin):
+                return False
+            if c.writing:
+                break  # socket full again: the tail went back to the queue
+        if not held:
+            c.held = None
+        return True
 
     def _on_writable(self, c: Conn) -> None:
-        """The socket drained: tell the guest its window reopened."""
+        """The socket drained: write what is held, tell the guest its window reopened."""
         self._set_writing(c, False)
         if c.sock is not None and c.events & ESTABLISHED:
+            if c.held and not self._drain(c):
+                return
             self._ctrl(c, ACK)
+            if c.events & TAP_FIN_RCVD and c.events & TAP_FIN_ACKED:
+                self._free(c)
 
     # -- host side -------------------------------------------------------------
     def _on_readable(self, c: Conn) -> None:

@@ -114,6 +114,17 @@ def test_eof_reports_gone(h: Harness) -> None:
     for _ in range(10):
         h.loop.run_once(0.05)
     assert h.gone == 1 and h.conn.closed
+    assert not h.counters.drops()
+
+
+def test_eof_mid_frame_is_counted(h: Harness) -> None:
+    frame = frames_of(1)[0]
+    h.theirs.sendall(pack(frame) + pack(frame)[:-3])
+    h.theirs.close()
+    for _ in range(10):
+        h.loop.run_once(0.05)
+    assert h.got == [frame] and h.gone == 1
+    assert h.counters.drops() == {"truncated-at-eof": 1}
 
 
 def test_writes_are_never_torn_under_backpressure(h: Harness) -> None:

@@ -119,3 +119,19 @@ def test_fd_implies_one_off_and_dns_none() -> None:
     assert o.one_off and o.fd == 7 and o.dns == [] and o.search == []
     o = options.parse(["-D", "192.0.2.53", "-D", "2001:db8::53", "-S", "a.example b.example"])
     assert len(o.dns) == 2 and o.search == ["a.example", "b.example"]
+
+
+def test_start_up_path_imports_nothing_heavy() -> None:
+    """Before the early bind only cli/options (and the package) are imported:
+    no numpy, netlink, argparse, logging, kernels, conf. (ipaddress is left out of
+    the list: the venv's site-packages .pth processing imports it already.)"""
+    import sys
+
+    code = ("import sys; import passtcore.run.cli as c; "
+            "c._options.scan_early(['-s', '/x']); "
+            "print(' '.join(m for m in ('numpy', 'pyroute2', 'argparse', "
+            "'logging', 'passtcore.headers', 'passtcore._backend', 'passtcore.run.conf') "
+            "if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ""

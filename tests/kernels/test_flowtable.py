@@ -159,6 +159,10 @@ def test_bad_construction(ft: ModuleType) -> None:
         ft.FlowTable(1.5)
     with pytest.raises(ValueError):
         ft.FlowTable(8, key=b"0123")
+    with pytest.raises(TypeError):
+        ft.FlowTable(8, key=16)  # bytes(16) would be an all-zero key
+    assert ft.FlowTable(8, key=bytearray(KEY)).key == KEY
+    assert ft.FlowTable(np.int64(8)).capacity == 8
 
 
 def test_buckets_power_of_two_and_load(ft: ModuleType) -> None:
@@ -291,6 +295,8 @@ def test_remove_index_and_index_errors(ft: ModuleType) -> None:
     for op in (t.remove_index, t.key_of, t.last_seen):
         with pytest.raises(KeyError):
             op(i + 1)  # never used
+        with pytest.raises(TypeError):
+            op(0.5)
     assert t.in_use(i)
     t.remove_index(np.int64(i))
     assert not t.in_use(i)

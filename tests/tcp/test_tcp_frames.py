@@ -429,3 +429,22 @@ def test_inbound_guest_rst_gives_client_eof():
     finally:
         client.close()
         h.close()
+
+
+def test_out_of_order_data_is_held_until_the_gap_fills(h, server):
+    g = Guest(h, server.getsockname()[1])
+    g.connect()
+    conn = accept(server, h)
+    h.new()
+    g.send("PA", b"world", seq=g.seq + 6)      # arrives before "hello "
+    got = g.segs(h.new())
+    assert got[0].ack == g.seq                 # not acknowledged: a duplicate ACK
+    g.send("PA", b"hello ")
+    got = g.segs(h.new())
+    assert got[-1].ack == g.seq + 11           # both now written, in order
+    conn.settimeout(2)
+    data = b""
+    while len(data) < 11:
+        data += conn.recv(100)
+    assert data == b"hello world"
+    conn.close()
