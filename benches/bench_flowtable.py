@@ -13,6 +13,10 @@ frames/s column reads as lookups/s.
 * ``stdlib``         ``dict.get((p, s, saddr, sport, daddr, dport), -1)`` in the same loop:
                      the baseline, keyed by tuples of the same Python objects
 
+Groups ``flow-churn-<size>``: insert then remove up to ``LOOKUPS`` new flows
+(single calls) in a table already holding the size's flows, against a dict
+plus a free list of indices (what the table replaces).
+
 Addresses are 16-byte ``bytes`` (IPv6 or IPv4-mapped), as the table stores them.
 The 1M tables need about 70 MB (Cython) and 300 MB (dict of tuples).
 
@@ -171,3 +175,51 @@ def test_flow_lookup_python_batch(benchmark: Any, flows: Any) -> None:
     _setup(benchmark, label)
     res = benchmark.pedantic(lambda: t.lookup_batch(*q), rounds=3, iterations=1)
     assert res.tolist() == f.expected()
+
+
+# -- churn: insert then remove LOOKUPS new flows, table already holding the size's flows ----
+
+
+def _churn_keys(f: Fixture) -> list[tuple]:
+    # source port 0 is never in the table: these flows are all new
+    return list(dict.fromkeys((p, s, sa, 0, da, dp) for p, s, sa, sp, da, dp in f.qtuples))
+
+
+def test_flow_churn_cython(benchmark: Any, flows: Any) -> None:
+    label, f = flows
+    new = _churn_keys(f)
+    t = _native().FlowTable(f.n + len(new), key=KEY)
+    t.insert_batch(*f.arrays())
+    insert, remove = t.insert, t.remove
+
+    def run() -> None:
+        for k in new:
+            insert(*k)
+        for k in new:
+            remove(*k)
+
+    benchmark.group = f"flow-churn-{label}"
+    benchmark.extra_info["frames"] = 2 * len(new)
+    benchmark(run)
+    assert len(t) == f.n and t.stats()["inserts"] == f.n + len(new) * (t.stats()["removes"] // len(new))
+
+
+def test_flow_churn_stdlib(benchmark: Any, flows: Any) -> None:
+    """The dict equivalent: a dict of tuples plus a free list of indices."""
+    label, f = flows
+    new = _churn_keys(f)
+    d = f.table("dict")
+    free = list(range(f.n + len(new) - 1, f.n - 1, -1))
+
+    def run() -> None:
+        for k in new:
+            if k in d:
+                raise KeyError(k)
+            d[k] = free.pop()
+        for k in new:
+            free.append(d.pop(k))
+
+    benchmark.group = f"flow-churn-{label}"
+    benchmark.extra_info["frames"] = 2 * len(new)
+    benchmark(run)
+    assert len(d) == f.n

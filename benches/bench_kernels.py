@@ -11,6 +11,8 @@ Groups (one per operation; variants ``_cython`` / ``_python`` / ``_stdlib``, see
 * ``parse-rewrite-batch``: the same work through the batch API (classify +
   rewrite_addresses + set_tcp_ack_window over all 1000 frames in three calls).
 * ``verify-batch`` / ``fill-batch``: verify / fill the checksums of the 1000 frames.
+* ``build-tcp-segments``: build 1000 TCP/IPv4 frames of 1400-byte payloads: one
+  ``batch.build_tcp_segments`` call (``_cython``) vs one ``headers.build_tcp`` call per frame.
 """
 from __future__ import annotations
 
@@ -254,3 +256,48 @@ def test_fill_batch_cython(benchmark):
 
 def test_fill_batch_python(benchmark):
     _fill_bench(benchmark, py_batch)
+
+
+# -- building a burst of TCP segments (host -> guest data path) -------------------------
+
+
+def _segments():
+    plens = np.full(N_FRAMES, 1400, np.int64)
+    hl = py_headers.header_len(4, 6)
+    offs = np.arange(N_FRAMES, dtype=np.int64) * (hl + 1400)
+    return bytearray(int(offs[-1]) + hl + 1400), offs, plens
+
+
+def _build_bench(benchmark, fn):
+    benchmark.group = "build-tcp-segments"
+    benchmark.extra_info["frames"] = N_FRAMES
+    buf, offs, plens = _segments()
+    benchmark(fn, buf, offs, plens)
+    ok = np.zeros(N_FRAMES, bool)
+    assert py_batch.verify_checksums(bytes(buf), offs, plens + 54, ok) == 0
+
+
+def _segments_single(headers_mod):
+    build = headers_mod.build_tcp
+
+    def run(buf, offs, plens):
+        seq = 1000
+        for o, p in zip(offs.tolist(), plens.tolist()):
+            build(buf, o, MAC_A, MAC_B, SRC, DST, 80, 40000, seq, 1, 0x10, 65535, p)
+            seq += p
+    return run
+
+
+@need_cython
+def test_build_tcp_segments_cython(benchmark):
+    _build_bench(benchmark, lambda b, o, p: cy_batch.build_tcp_segments(
+        b, o, p, MAC_A, MAC_B, SRC, DST, 80, 40000, 1000, 1, 0x10, 65535))
+
+
+@need_cython
+def test_build_tcp_segments_cython_single(benchmark):
+    _build_bench(benchmark, _segments_single(cy_headers))
+
+
+def test_build_tcp_segments_python(benchmark):
+    _build_bench(benchmark, _segments_single(py_headers))

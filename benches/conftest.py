@@ -4,7 +4,7 @@
 * Naming convention: one benchmark *group* per operation (``@pytest.mark.benchmark(group=...)``),
   one test per implementation whose name ends in (or contains) ``_cython``, ``_python`` or
   ``_stdlib`` (an extra suffix is kept as part of the variant, e.g. ``_cython_scalar``).
-* At the end of the run a table prints, per group, every variant's mean time, its
+* At the end of the run a table prints, per group, every variant's median time, its
   throughput when the test set ``benchmark.extra_info["bytes"]`` (GB/s) or
   ``["frames"]`` (frames/s), and its speed ratio against the ``cython`` variant.
   The same table is written to ``benches/results/ratios.json``.
@@ -48,18 +48,19 @@ def _rows(benchmarks: list[Any]) -> dict[str, list[dict[str, Any]]]:
         group = b.group or b.name.split("[", 1)[0]
         if "[" in b.name and b.group is None:
             group += "[" + b.name.split("[", 1)[1]
-        mean = float(b.stats.mean)
-        row: dict[str, Any] = {"variant": variant_of(b.name), "name": b.name, "mean_s": mean}
+        # the median resists the outliers of a shared, busy machine better than the mean
+        med = float(b.stats.median)
+        row: dict[str, Any] = {"variant": variant_of(b.name), "name": b.name, "median_s": med}
         extra = b.extra_info or {}
         if extra.get("bytes"):
-            row["GB/s"] = extra["bytes"] / mean / 1e9
+            row["GB/s"] = extra["bytes"] / med / 1e9
         if extra.get("frames"):
-            row["frames/s"] = extra["frames"] / mean
+            row["frames/s"] = extra["frames"] / med
         groups.setdefault(group, []).append(row)
     for rows in groups.values():
-        ref = next((r["mean_s"] for r in rows if r["variant"] == "cython"), None)
+        ref = next((r["median_s"] for r in rows if r["variant"] == "cython"), None)
         for r in rows:
-            r["x_slower_than_cython"] = r["mean_s"] / ref if ref else None
+            r["x_slower_than_cython"] = r["median_s"] / ref if ref else None
     return groups
 
 
@@ -72,10 +73,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if not groups:
         return
     tr = terminalreporter
-    tr.section("ratios per group (cython = 1.00)")
+    tr.section("median time, throughput and ratio per group (cython = 1.00)")
     for group in sorted(groups):
         tr.write_line(f"{group}:")
-        for r in sorted(groups[group], key=lambda r: r["mean_s"]):
+        for r in sorted(groups[group], key=lambda r: r["median_s"]):
             thr = ""
             if "GB/s" in r:
                 thr += f"  {r['GB/s']:9.3f} GB/s"
@@ -83,7 +84,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
                 thr += f"  {r['frames/s']:14,.0f} frames/s"
             ratio = r["x_slower_than_cython"]
             rs = f"  x{ratio:8.2f} vs cython" if ratio else ""
-            tr.write_line(f"    {r['variant']:<16} {r['mean_s'] * 1e6:12.3f} us{thr}{rs}")
+            tr.write_line(f"    {r['variant']:<16} {r['median_s'] * 1e6:12.3f} us{thr}{rs}")
     RESULTS.mkdir(exist_ok=True)
     out = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "groups": groups}
     (RESULTS / "ratios.json").write_text(json.dumps(out, indent=1))

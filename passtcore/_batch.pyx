@@ -362,6 +362,7 @@ def build_tcp_segments(buf, offsets, payload_lens, eth_dst, eth_src, src, dst, i
                 else:
                     pc_store16(b + off + l3 + 4, <uint32_t>l4len)
                 pc_store32(b + off + l4 + 4, s)
+                pc_store16(b + off + l4 + 16, 0)
                 ck = pc_fold(addr_sum + 6 + <uint64_t>l4len)
                 ck = (~pc_csum(b + off + l4, l4len, ck)) & 0xFFFF
                 pc_store16(b + off + l4 + 16, ck)

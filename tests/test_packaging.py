@@ -9,6 +9,7 @@ the test is skipped if that is impossible.
 """
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -92,9 +93,7 @@ def test_installs_and_runs_in_fresh_venv(wheel: Path, tmp_path: Path) -> None:
 
 
 def test_sdist_ships_the_sources(src: Path) -> None:
-    try:
-        import build  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("build") is None:
         pytest.skip("python -m build not installed")
     out = src.parent / "sdist"
     r = run(sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", out, src)

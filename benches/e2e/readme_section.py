@@ -52,7 +52,10 @@ Run as root (about 8 minutes; `--quick`: 3 s per iperf3 test, about 2 minutes):
     .venv/bin/python benches/e2e/run.py [--quick] [--only passtcore,pasta,slirp4netns,veth] [--json OUT]
 
 It prints the table (values, then ratios to pasta and to veth) and saves the
-JSON (per-interval bytes, retransmits, pids, load average around each row).
+JSON (default `benches/e2e/results/latest.json`, not committed): per-interval
+bytes, retransmits, pids, the load average around each row, and
+passtcore-run's own frame/drop counters.  The full run shown below is kept in
+`benches/e2e/results/full.json`.
 A translator that fails to start, or fails a test, shows `failed` in that
 cell and `failed: reason` in its status line; the other rows go on.
 Nothing leaves the namespaces the run creates, and everything (processes by

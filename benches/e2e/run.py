@@ -43,6 +43,7 @@ from report import MTUS, STREAMS, iperf_key, render  # noqa: E402
 from translators import ALL, TranslatorFailed, read_mem_kib  # noqa: E402
 
 ALIASES = {"passtcore-run": "passtcore", "slirp": "slirp4netns"}
+DEFAULT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
 
 
 def _config(quick: bool) -> dict:
@@ -143,6 +144,9 @@ def bench_mtu(name: str, mtu: int, cfg: dict, logdir: str, res: dict) -> str | N
                     res["notes"].append(note)
         if not link.alive():
             return link.exit_reason()
+    if name == "passtcore":
+        # Logged on SIGTERM: frames, bytes and drops by reason, to explain a bad row.
+        res.setdefault("daemon_counters", {})[str(mtu)] = link.final_counters()
     return None
 
 
@@ -167,8 +171,10 @@ def _versions() -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="passtcore end-to-end benchmark")
     p.add_argument("--quick", action="store_true", help="3 s per iperf3 test (about 2 minutes)")
-    p.add_argument("--only", default="", help="comma-separated: " + ",".join(ALL))
-    p.add_argument("--json", dest="json_out", default="", help="write results to this JSON file")
+    p.add_argument("--only", default="", help="comma-separated subset of " + ",".join(ALL)
+                   + " (also accepted: passtcore-run, slirp)")
+    p.add_argument("--json", dest="json_out", default=DEFAULT_JSON,
+                   help="write results to this JSON file (default: %(default)s)")
     a = p.parse_args(argv)
     names = [ALIASES.get(n.strip(), n.strip()) for n in a.only.split(",") if n.strip()] or list(ALL)
     unknown = [n for n in names if n not in ALL]
@@ -207,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if doc["translators"]:
         print(render(doc["translators"]))
     if a.json_out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json_out)), exist_ok=True)
         with open(a.json_out, "w") as f:
             json.dump(doc, f, indent=2)
         print(f"\nJSON: {a.json_out}")

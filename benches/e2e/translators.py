@@ -61,6 +61,18 @@ class Link:
         hits = [ln.strip() for ln in lines if any(k in ln.lower() for k in keys)]
         return hits[:limit]
 
+    def final_counters(self) -> dict[str, int]:
+        """passtcore-run's counters, from the line it logs when it exits (else {})."""
+        if not self.log_path:
+            return {}
+        try:
+            from passtcore.run.counters import parse_line
+            with open(self.log_path, errors="replace") as f:
+                lines = [ln for ln in f.read().splitlines() if "counters:" in ln]
+        except Exception:  # noqa: BLE001 - diagnostics only
+            return {}
+        return (parse_line(lines[-1]) or {}) if lines else {}
+
     def exit_reason(self) -> str:
         rc = self.proc.returncode if self.proc is not None else None
         return f"translator exited rc={rc}{_log_tail(self.log_path)}"

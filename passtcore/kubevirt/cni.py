@@ -18,9 +18,11 @@ Design:
   codes are the library's (tests compare them), including Go-flavoured JSON
   and ``%q`` formatting.
 * The kubelet runs the plugin once per pod, so start-up is the cost that
-  matters: only ``json``, ``os`` and ``sys`` are imported up front; the
-  namespace helpers (ctypes) are imported for ADD only. ``passtcore`` itself is
-  lazy and its kernels are never touched.
+  matters: only ``os``, ``sys`` and ``_json`` (the C half of the json
+  package: importing ``json`` itself compiles regular expressions, more CPU
+  than the rest of an ADD) are imported up front; the namespace helpers
+  (ctypes) are imported for ADD only, ``json`` only to explain malformed
+  input. ``passtcore`` itself is lazy and its kernels are never touched.
 * ADD enters the namespace in the calling thread with
   :func:`passtcore.netns.entered`, which restores the original namespace. The
   "netns is the plugin's own" check runs *before* the sysctls are written (the
@@ -31,7 +33,7 @@ Design:
 """
 from __future__ import annotations
 
-import json
+import _json  # the json package's C scanner and string encoder; see _loads
 import os
 import sys
 
@@ -51,8 +53,8 @@ SYSCTLS = (
 
 # CNI error codes (containernetworking/cni pkg/types).
 ERR_INCOMPATIBLE_VERSION = 1
-ERR_IO = 5
 ERR_INVALID_ENV = 4
+ERR_IO = 5
 ERR_DECODING = 6
 ERR_INVALID_NETCONF = 7
 ERR_INVALID_NETNS = 8
@@ -109,18 +111,42 @@ def _text(s: str) -> str:
 
 
 def go_json(obj: object, indent: int | None = None) -> str:
-    """JSON as Go's encoding/json writes it (HTML-safe escapes, UTF-8 kept)."""
-    if indent is None:
-        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    else:
-        text = json.dumps(obj, ensure_ascii=False, indent=indent)
+    """JSON as Go's encoding/json writes it (HTML-safe escapes, UTF-8 kept).
+
+    ``indent`` gives MarshalIndent's layout (the same as json.dumps(indent=)).
+    """
     return (
-        text.replace("<", "\\u003c")
+        _encode(obj, indent, 0)
+        .replace("<", "\\u003c")
         .replace(">", "\\u003e")
         .replace("&", "\\u0026")
         .replace("\u2028", "\\u2028")
         .replace("\u2029", "\\u2029")
     )
+
+
+def _encode(obj: object, indent: int | None, level: int) -> str:
+    if isinstance(obj, str):
+        return _json.encode_basestring(obj)
+    if obj is None or isinstance(obj, bool):
+        return {None: "null", True: "true", False: "false"}[obj]
+    if isinstance(obj, int):
+        return str(obj)
+    if isinstance(obj, dict):
+        parts = [f"{_json.encode_basestring(k)}:{'' if indent is None else ' '}"
+                 f"{_encode(v, indent, level + 1)}" for k, v in obj.items()]
+        opening, closing = "{", "}"
+    elif isinstance(obj, (list, tuple)):
+        parts = [_encode(v, indent, level + 1) for v in obj]
+        opening, closing = "[", "]"
+    else:
+        raise TypeError(f"cannot encode {type(obj).__name__}")
+    if not parts:
+        return opening + closing
+    if indent is None:
+        return opening + ",".join(parts) + closing
+    inner = "\n" + " " * (indent * (level + 1))
+    return opening + inner + ("," + inner).join(parts) + "\n" + " " * (indent * level) + closing
 
 
 def go_quote(s: str) -> str:
@@ -168,14 +194,60 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"invalid character '{name[0]}' looking for beginning of value")
 
 
+class _ScanContext:
+    """The settings ``_json.make_scanner`` reads from a ``json.JSONDecoder``."""
+
+    def __init__(self) -> None:
+        self.strict = True  # no raw control characters in strings, as in Go
+        self.object_hook = None
+        self.object_pairs_hook = None
+        self.parse_float = float
+        self.parse_int = int
+        self.parse_constant = _reject_constant
+
+
+_scan = _json.make_scanner(_ScanContext())
+_JSON_SPACE = " \t\n\r"
+
+
+def _loads(text: str) -> object:
+    """``json.loads`` for valid input without importing the json package.
+
+    Importing ``json`` compiles its regular expressions and pulls in ``re`` and
+    ``enum``: more CPU than the rest of an ADD. Valid input (the normal case)
+    goes through the same C scanner json.loads uses; anything else is handed
+    to json.loads itself, which raises the precise JSONDecodeError (the C
+    scanner needs json.decoder loaded to report errors).
+    """
+    i, n = 0, len(text)
+    while i < n and text[i] in _JSON_SPACE:
+        i += 1
+    try:
+        value, end = _scan(text, i)
+    except RecursionError:
+        raise
+    except Exception:  # noqa: BLE001 - syntax errors are explained below
+        end = -1
+    if end >= 0:
+        while end < n and text[end] in _JSON_SPACE:
+            end += 1
+        if end == n:
+            return value
+    import json
+
+    return json.loads(text, parse_constant=_reject_constant)
+
+
 def _go_decode(data: bytes) -> object:
-    """``json.loads`` with Go's strictness and Go-style error messages."""
+    """Decode with Go's strictness; errors carry Go-style messages."""
     text = data.decode("utf-8", "replace")  # Go substitutes U+FFFD too
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return _loads(text)
     except RecursionError:
         raise ValueError("exceeded max depth") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:
+        if not hasattr(exc, "pos"):  # NaN / Infinity: already in Go's words
+            raise
         rest = text[exc.pos :]
         if not rest.strip(" \t\r\n") or exc.msg.startswith("Unterminated"):
             raise ValueError("unexpected end of JSON input") from None

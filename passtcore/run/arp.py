@@ -5,7 +5,7 @@ who-has request with a 42-byte is-at carrying our MAC, for any target address,
 except (a) gratuitous announcements (sender == target, non-zero), which need no
 answer, and (b) the configured guest address, so that the guest's duplicate
 address probes succeed. Anything but a request is dropped by raising
-:class:`~passtcore.run.dhcp.Drop` (``parse_frame`` has already refused
+:class:`~passtcore.run.l2common.Drop` (``parse_frame`` has already refused
 truncated ARP and other hardware/protocol types). The reply is built by hand:
 ARP has no checksum, and the frame is not padded to 60 bytes, as passt does.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from passtcore.run.dhcp import Drop, ReplyEngine
+from passtcore.run.l2common import Drop, ReplyEngine
 
 ETH_P_ARP = 0x0806
 ARPOP_REQUEST, ARPOP_REPLY = 1, 2

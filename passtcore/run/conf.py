@@ -140,8 +140,6 @@ def _host_family(ipr: Any, family: int, ifname: str | None) -> dict[str, Any]:
     for route in ipr.get_routes(family=family, table=254):
         if route["dst_len"] != 0 or _attr(route, "RTA_OIF") is None:
             continue
-        if _attr(route, "RTA_DST") is not None and route["dst_len"] != 0:
-            continue
         oif = _attr(route, "RTA_OIF")
         if ifindex is not None and oif != ifindex:
             continue
@@ -217,12 +215,12 @@ def build(opts: Any, resolv_path: str = "/etc/resolv.conf",
         if addr4 and gw4 and mac:
             c.addr4, c.gw4 = addr4, gw4
             c.ifname4 = h4.get("ifname")
+            # -n, else the host address's prefix length, else classful (4.2).
             prefix = opts.prefix4
             if prefix is None:
-                prefix = h4.get("prefix") if opts.addr4 is None or h4.get("addr") == opts.addr4 \
-                    else None
+                prefix = h4.get("prefix")
             if prefix is None:
-                prefix = h4.get("prefix") or _classful(addr4)
+                prefix = _classful(addr4)
             c.prefix4 = widen_prefix(addr4, gw4, prefix)
         else:
             warnings.append("No external routable interface for IPv4")

@@ -69,6 +69,29 @@ def log_counters(counters: Counters, handler: logging.Handler | None) -> None:
         handler.handle(record)
 
 
+def raise_nofile() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit, as passt (``-t all`` needs ~50k fds)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def harden() -> None:
+    """The cheap part of passt's isolate_postfork: not dumpable, no new privileges.
+    (User/mount namespaces, pivot_root and seccomp are not done: see the report.)"""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
 def daemonise(pid_fd: int | None) -> None:
     """fork(); the parent writes the child's PID and exits 0; the child detaches."""
     sys.stdout.flush()
@@ -130,6 +153,7 @@ def run(opts: Any, early: tuple[Any, str] | None) -> int:
         except OSError as exc:
             raise FatalError(f"-P/--pid: can't open {opts.pid_file}: {exc.strerror}") from None
 
+    raise_nofile()
     ctx = Context(cfg, loop, counters, pcap, opts)
     dispatcher = Dispatcher(ctx)
     dispatcher.trace = opts.trace
@@ -164,6 +188,7 @@ def run(opts: Any, early: tuple[Any, str] | None) -> int:
         os.write(pid_fd, f"{os.getpid()}\n".encode())
         os.close(pid_fd)
     handler.daemonised(opts.stderr, opts.foreground)
+    harden()
     try:
         return _serve(opts, loop, counters, handler, dispatcher, frontend, pcap)
     except Exception as exc:  # after the fork nobody sees stderr: log it

@@ -2,7 +2,7 @@
 
 Design: sans-IO. ``dhcpv6_reply(frame, info, conf, state)`` takes a parsed
 guest UDP frame to port 547 and returns the ADVERTISE/REPLY frame or None;
-malformed messages raise :class:`~passtcore.run.dhcp.Drop`. The only state
+malformed messages raise :class:`~passtcore.run.l2common.Drop`. The only state
 (:class:`Dhcpv6State`) is the server DUID-LLT, fixed at start-up, and the
 last IAID seen. :class:`Dhcpv6Engine` wraps it for the daemon and records the
 assigned address as the guest's (``ctx.addr_seen6``).
@@ -25,7 +25,7 @@ import struct
 import time
 from typing import Any
 
-from passtcore.run.dhcp import Drop, ReplyEngine, encode_domains, guest_dns, guest_search, udp_frame
+from passtcore.run.l2common import Drop, ReplyEngine, encode_domains, guest_dns, guest_search, udp_frame
 from passtcore.run.ndp import router_ll
 
 SERVER_PORT, CLIENT_PORT = 547, 546

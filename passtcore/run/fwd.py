@@ -40,6 +40,8 @@ EPHEMERAL_MIN = 49152
 class ForwardError(RuntimeError):
     """A fatal forwarding error with passt's message (exit 1)."""
 
+    fatal = True  # the dispatcher re-raises it: the daemon exits 1 at start-up
+
 
 def to16(addr: bytes) -> bytes:
     """IPv4 as ``::ffff:a.b.c.d``, IPv6 unchanged (flow-table key form)."""

@@ -24,7 +24,7 @@ import logging
 import socket
 from typing import Any
 
-from passtcore.run.dhcp import conf_flag, icmp_frame
+from passtcore.run.l2common import conf_flag, icmp_frame
 
 log = logging.getLogger("passtcore.icmp")
 

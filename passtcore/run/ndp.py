@@ -16,7 +16,7 @@ frame of type 133-136 and returns the reply frame or None:
 - RA/NA from the guest are ignored.
 
 Messages that RFC 4861 says to discard (hop limit != 255, code != 0, short)
-raise :class:`~passtcore.run.dhcp.Drop`. Our source address is the gateway
+raise :class:`~passtcore.run.l2common.Drop`. Our source address is the gateway
 when it is link-local, else our own link-local (:func:`router_ll`).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from passtcore.run.dhcp import (Drop, ReplyEngine, advertised_mtu, conf_flag, encode_domains,
+from passtcore.run.l2common import (Drop, ReplyEngine, advertised_mtu, conf_flag, encode_domains,
                                 guest_dns, guest_search, icmp_frame)
 
 RS, RA, NS, NA = 133, 134, 135, 136

@@ -114,6 +114,7 @@ class Daemon:
         self.pcap_path = pcap_path
         self.args = args
         self.returncode: int | None = None
+        self.stderr_path = ""  # foreground daemons: their stdout/stderr file
 
     def alive(self) -> bool:
         if self.proc is not None and self.proc.pid == self.pid:
@@ -334,9 +335,14 @@ class Sandbox:
             pid_file = self.path(f"daemon{n}.pid")
             argv += ["--pid", pid_file]
         argv += list(args)
-        proc = subprocess.Popen([IP, "netns", "exec", self.host_ns, *argv],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env)
+        # A file, not a pipe, for a foreground daemon's stdio: nobody reads a pipe
+        # while the test runs, and a full pipe would block the daemon.
+        stderr_path = self.path(f"daemon{n}.stderr")
+        with open(stderr_path, "wb") as errf:
+            proc = subprocess.Popen([IP, "netns", "exec", self.host_ns, *argv],
+                                    stdin=subprocess.DEVNULL,
+                                    stdout=errf if foreground else subprocess.PIPE,
+                                    stderr=errf if foreground else subprocess.PIPE, env=env)
         pid = proc.pid
         if not foreground:
             try:
@@ -349,6 +355,7 @@ class Sandbox:
             if pid_file:
                 pid = int(Path(pid_file).read_text())
         d = Daemon(self, proc, pid, log_path, socket_path, pcap_path, argv)
+        d.stderr_path = stderr_path if foreground else ""
         self.daemons.append(d)
         if wait:
             try:
@@ -365,12 +372,9 @@ class Sandbox:
                 d.stop()
                 raise
             if not d.alive():
-                out = err = b""
-                if proc.poll() is not None and foreground:
-                    out, err = proc.communicate(timeout=5)
                 d.stop()
-                raise RuntimeError(f"passtcore-run died at start: {err.decode(errors='replace')}"
-                                   f"\n{d.log()}")
+                err = Path(stderr_path).read_text(errors="replace")
+                raise RuntimeError(f"passtcore-run died at start: {err}\n{d.log()}")
         return d
 
     def _tap_ready(self) -> bool:

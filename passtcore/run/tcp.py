@@ -37,6 +37,7 @@ Design (passt-reference section 6; deliberate differences are noted):
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -79,6 +80,7 @@ SLOT = 65536 + 128          # one frame slot (max L2 frame + slack)
 DISCARD = 1 << 24           # throw-away iovec when SO_PEEK_OFF is missing
 SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)
 SO_MEMINFO = 55             # u32[9]: rmem_alloc, rcvbuf, wmem_alloc, sndbuf, fwd_alloc, wmem_queued, ...
+FIONREAD = 0x541B           # == SIOCINQ for TCP: bytes in the receive queue
 SOCK_BUF = 0x3FFFFFFF       # INT_MAX/2 like passt: the kernel caps it at [rw]mem_max
 ACCEPT_BATCH = 64
 HOLD_MAX = MAX_WINDOW       # guest data held per connection (out of order / socket full)
@@ -100,7 +102,7 @@ class Conn:
         "seq_to_tap", "seq_ack_from_tap", "seq_from_tap", "isn", "guest_isn",
         "wnd_from_tap", "ws_from_tap", "ws_to_tap", "mss", "reading", "writing",
         "lowat", "dupacks", "retries", "last_progress", "last_activity", "created",
-        "last_wnd", "fin_seq", "stalled_since", "peekoff", "held", "held_bytes",
+        "last_wnd", "fin_seq", "stalled_since", "peekoff", "held", "held_bytes", "recover", "ack_due",
     )
 
     def __init__(self) -> None:
@@ -114,6 +116,8 @@ class Conn:
         self.last_wnd = -1
         self.held: list[tuple[int, bytes, bool]] | None = None
         self.held_bytes = 0
+        self.recover = -1
+        self.ack_due = False
 
     def name(self) -> str:
         return f"{self.gport}<->{self.rport}"
@@ -134,11 +138,12 @@ class TcpEngine:
         self.fbuf = bytearray(NSLOTS * SLOT)
         self.fmv = memoryview(self.fbuf)
         self.sbuf = bytearray(256)           # control segments
-        self.discard = bytearray(1 << 16)
-        self.dmv = memoryview(self.discard)
         self._big_discard: memoryview | None = None
+        self._slots: dict[tuple[int, int], list[memoryview]] = {}  # cached payload iovecs
         self.listeners: list[tuple[socket.socket, fwd.Forward]] = []
         self.held_total = 0
+        self._ack_queue: list[Conn] = []
+        self._ack_scheduled = False
         self.disabled = bool(getattr(conf, "no_tcp", False))
         if not self.disabled:
             specs = fwd.conf_specs(conf, "tcp")
@@ -506,22 +511,31 @@ class TcpEngine:
             c.dupacks = 0
             c.last_progress = now
             c.wnd_from_tap = wnd
+            if c.recover >= 0:
+                if _d(ack, c.recover) < 0:
+                    self._retransmit_one(c)  # partial ACK: the next hole (NewReno)
+                else:
+                    c.recover = -1
             self._push(c)
         elif acked == 0:
             c.wnd_from_tap = wnd
-            if (sent > 0 and plen == 0 and not info.tcp_flags & (FIN | SYN) and wnd == old_wnd):
+            if sent > 0 and plen == 0 and not info.tcp_flags & (FIN | SYN):
                 c.dupacks += 1
-                if c.dupacks == 3:
+                if c.dupacks == 3 and c.recover < 0:
+                    # fast retransmit of the first unacknowledged segment only
                     self._count("tcp_fast_retransmits")
-                    self._rewind(c)
-            elif wnd > old_wnd:
+                    c.recover = c.seq_to_tap
+                    self._retransmit_one(c)
+            if wnd > old_wnd:
                 self._push(c)
 
     def _consume(self, c: Conn, n: int) -> None:
         """Drop n acknowledged bytes from the socket's receive queue."""
         while n > 0:
             try:
-                k = c.sock.recv_into(self.dmv, min(n, len(self.dmv)), socket.MSG_DONTWAIT)
+                # MSG_TRUNC: TCP discards without copying (the buffer is never written)
+                k = c.sock.recv_into(self.fmv, min(n, len(self.fmv)),
+                                     socket.MSG_DONTWAIT | socket.MSG_TRUNC)
             except BlockingIOError:
                 break
             except OSError:
@@ -531,8 +545,39 @@ class TcpEngine:
                 break
             n -= k
 
+    def _retransmit_one(self, c: Conn) -> None:
+        """Re-send one segment from the first unacknowledged byte (peek at offset 0)."""
+        if c.sock is None:
+            return
+        data_out = _d(c.seq_to_tap, c.seq_ack_from_tap)
+        if c.fin_seq >= 0:
+            data_out -= 1
+        if data_out <= 0:
+            if c.fin_seq >= 0 and not c.events & TAP_FIN_ACKED:
+                self._ctrl(c, FIN | ACK, seq=c.fin_seq)
+            return
+        n = min(self._seg_size(c), data_out)
+        hl = self.h.header_len(c.v, 6)
+        try:
+            if c.peekoff:
+                c.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            got = c.sock.recv_into(self.fmv[hl:hl + n], n, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            if c.peekoff:
+                c.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, data_out)
+        except OSError:
+            self._reset(c)
+            return
+        if got <= 0:
+            return
+        flen = self.h.build_tcp(self.fbuf, 0, self.ctx.guest_mac, self.conf.our_mac, c.raddr,
+                                c.gaddr, c.rport, c.gport, c.seq_ack_from_tap, c.seq_from_tap,
+                                ACK, self._wnd_to_tap(c), got)
+        self.ctx.to_guest(self.fmv[:flen])
+        self._count("tcp_segments_retransmitted")
+
     def _rewind(self, c: Conn) -> None:
         """Retransmit from the last byte the guest acknowledged."""
+        c.recover = -1
         c.seq_to_tap = c.seq_ack_from_tap
         if c.fin_seq >= 0 and not c.events & TAP_FIN_ACKED:
             c.events &= ~TAP_FIN_SENT
@@ -568,7 +613,25 @@ class TcpEngine:
             return
         if c.held and not self._drain(c):
             return
-        self._ctrl(c, ACK)
+        self._ack_later(c)
+
+    def _ack_later(self, c: Conn) -> None:
+        """ACK in-order data once per event-loop pass (all frames of a batch first)."""
+        if c.ack_due:
+            return
+        c.ack_due = True
+        self._ack_queue.append(c)
+        if not self._ack_scheduled:
+            self._ack_scheduled = True
+            self.ctx.loop.call_later(0, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._ack_scheduled = False
+        queue, self._ack_queue = self._ack_queue, []
+        for c in queue:
+            c.ack_due = False
+            if c.sock is not None and not c.events & CLOSED:
+                self._ctrl(c, ACK)
 
     def _write(self, c: Conn, data: Any, fin: bool) -> bool:
         """Write in-order guest data; an unwritten tail is held until the socket drains."""
@@ -670,20 +733,29 @@ class TcpEngine:
         c.stalled_since = 0.0
         seg = self._seg_size(c)
         hl = self.h.header_len(c.v, 6)
-        nslots = min(NSLOTS, (avail + seg - 1) // seg)
-        iov = []
+        want = avail
+        if c.peekoff:
+            try:  # bytes queued: peek only what is there (EOF still needs one slot)
+                queued = struct.unpack("i", fcntl.ioctl(c.fd, FIONREAD, b"\0\0\0\0"))[0]
+                want = min(avail, max(queued - outstanding, 1))
+            except OSError:
+                pass
+        nslots = min(NSLOTS, (want + seg - 1) // seg)
+        slots = self._slots.get((hl, seg))
+        if slots is None:
+            fmv = self.fmv
+            slots = self._slots[(hl, seg)] = [fmv[i * SLOT + hl:i * SLOT + hl + seg]
+                                              for i in range(NSLOTS)]
+        iov = slots[:nslots]
+        last = want - (nslots - 1) * seg
+        if last < seg:
+            iov[-1] = iov[-1][:last]
         fmv = self.fmv
         peek_off = c.peekoff
         if not peek_off and outstanding:
             if self._big_discard is None:
                 self._big_discard = memoryview(bytearray(DISCARD))
-            iov.append(self._big_discard[:outstanding])
-        left = avail
-        for i in range(nslots):
-            n = min(seg, left)
-            base = i * SLOT + hl
-            iov.append(fmv[base:base + n])
-            left -= n
+            iov.insert(0, self._big_discard[:outstanding])
         try:
             got = c.sock.recvmsg_into(iov, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)[0]
         except BlockingIOError:

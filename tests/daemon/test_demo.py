@@ -17,6 +17,8 @@ def test_demo(sandbox) -> None:  # the fixture only provides the root/netns skip
     assert "DHCP lease: address 192.0.2.2/24, router 192.0.2.1, DNS 192.0.2.1, " \
            "search example.com corp.example.org, MTU 65520" in out
     assert "ping 192.0.2.1: 3/3 replies" in out
+    assert "IPv6 (SLAAC from the RA): address 2001:db8::" in out
+    assert "ping -6 2001:db8::1: 3/3 replies" in out
     assert "status 200" in out or "HTTP: skipped" in out
     assert out.rstrip().endswith("[demo] success")
     names = [w for w in out.split() if w.startswith("pcdemo-")]

@@ -88,6 +88,12 @@ def test_libvirt_style_start_one_off(sandbox: Sandbox) -> None:
     assert "Client closed connection, exiting" in logtext
     assert "counters: frames_in=1 " in logtext
     assert Path(sock).exists()  # like passt, the socket file is left behind
+    # ... and a stale file does not stop the next start on the same path.
+    r, sock2, pidfile2, _ = libvirt_start(sandbox)
+    assert r.returncode == 0 and sock2 == sock, r.stderr
+    pid2 = int(Path(pidfile2).read_text())
+    _arp_roundtrip(sock).close()
+    assert _wait_gone(pid2)
 
 
 def test_second_start_is_refused_and_first_survives(sandbox: Sandbox) -> None:
@@ -165,3 +171,15 @@ def test_default_socket_path(sandbox: Sandbox) -> None:
         d.stop()
         if path:
             Path(path).unlink(missing_ok=True)
+
+
+def test_unusable_socket_paths_exit_1(tmp_path) -> None:
+    missing = tmp_path / "no-such-dir" / "s.socket"
+    r = subprocess.run([daemon_binary(), "-s", str(missing)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (f"passtcore-run: Couldn't bind UNIX socket {missing}: "
+                                "No such file or directory")
+    long = "/tmp/" + "x" * 120
+    r = subprocess.run([daemon_binary(), "-s", long], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "path too long" in r.stderr

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import os
 from types import ModuleType
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
+    ICMPv6EchoReply,
     ICMPv6EchoRequest,
     ICMPv6ND_RA,
     IPv6,
@@ -16,6 +18,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrRouting,
 )
 from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.packet import Raw
 
 MAC_G = "52:54:00:12:34:56"
 MAC_H = "9a:55:9a:55:9a:55"
@@ -92,3 +95,68 @@ def native_or_none(name: str) -> ModuleType | None:
         return importlib.import_module(f"passtcore._{name}")
     except ImportError:
         return None
+
+
+def mac(s: str) -> bytes:
+    return bytes.fromhex(s.replace(":", ""))
+
+
+def ip(s: str) -> bytes:
+    return ipaddress.ip_address(s).packed
+
+
+def check_against_scapy(info, frame: bytes) -> None:
+    """Every field parse_frame reports must agree with scapy's dissection."""
+    pkt = Ether(frame)
+    assert info.eth_dst == mac(pkt.dst) and info.eth_src == mac(pkt.src)
+    if pkt.haslayer(Dot1Q):
+        assert info.vlan == pkt[Dot1Q].vlan
+    else:
+        assert info.vlan == -1
+    if pkt.haslayer(ARP):
+        a = pkt[ARP]
+        assert (info.ip_version, info.arp_op) == (0, a.op)
+        assert info.arp_sha == mac(a.hwsrc) and info.arp_spa == ip(a.psrc)
+        assert info.arp_tpa == ip(a.pdst) and info.arp_tha == mac(a.hwdst)
+        return
+    if pkt.haslayer(IP):
+        l3 = pkt[IP]
+        assert info.ip_version == 4 and info.l3_len == l3.len and info.ttl == l3.ttl
+        assert info.src == ip(l3.src) and info.dst == ip(l3.dst)
+        assert info.is_fragment == bool(l3.frag or l3.flags.MF)
+    else:
+        l3 = pkt[IPv6]
+        assert info.ip_version == 6 and info.l3_len == 40 + l3.plen and info.ttl == l3.hlim
+        assert info.src == ip(l3.src) and info.dst == ip(l3.dst)
+    start = len(frame) - len(bytes(l3))
+    assert info.l3_offset == start
+    for layer, proto in ((TCP, 6), (UDP, 17)):
+        if pkt.haslayer(layer) and not info.is_fragment:
+            l4 = pkt[layer]
+            assert info.l4_proto == proto
+            assert (info.sport, info.dport) == (l4.sport, l4.dport)
+            assert info.l4_offset == len(frame) - len(bytes(l4)) + (len(frame) - start - info.l3_len) * 0
+            payload = bytes(l4.payload)
+            if pkt.haslayer(Raw) or payload:
+                got = frame[info.payload_offset : info.payload_offset + info.payload_len]
+                assert got == payload[: info.payload_len]
+    if pkt.haslayer(TCP):
+        t = pkt[TCP]
+        assert (info.tcp_seq, info.tcp_ack, info.tcp_window) == (t.seq, t.ack, t.window)
+        assert info.tcp_flags == int(t.flags)
+        opts = dict((k, v) for k, v in t.options)
+        assert info.tcp_mss == opts.get("MSS", -1)
+        assert info.tcp_wscale == opts.get("WScale", -1)
+        assert info.tcp_sack_ok == ("SAckOK" in opts)
+        ts = opts.get("Timestamp", (-1, -1))
+        assert (info.tcp_ts_val, info.tcp_ts_ecr) == ts
+    if pkt.haslayer(ICMP):
+        i = pkt[ICMP]
+        assert (info.l4_proto, info.icmp_type, info.icmp_code) == (1, i.type, i.code)
+        assert (info.icmp_id, info.icmp_seq, info.sport) == (i.id, i.seq, i.id)
+    echo6 = next((L for L in (ICMPv6EchoRequest, ICMPv6EchoReply) if pkt.haslayer(L)), None)
+    if echo6 is not None:
+        i = pkt[echo6]
+        assert (info.l4_proto, info.icmp_type, info.icmp_id, info.icmp_seq) == (58, i.type, i.id, i.seq)
+        assert info.sport == i.id
+        assert frame[info.payload_offset : info.payload_offset + info.payload_len] == i.data

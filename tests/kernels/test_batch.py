@@ -203,3 +203,35 @@ def test_batch_differential(frames, addr, v4, ack):
     assert b1 == b2
     assert cy_batch.fill_checksums(b1, offs, lens) == py_batch.fill_checksums(b2, offs, lens)
     assert b1 == b2
+
+
+# -- segment builder --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_build_tcp_segments(batch, v6):
+    src, dst = (bytes(range(16)), bytes(range(16, 32))) if v6 else (b"\xc0\0\2\1", b"\xc0\0\2\x0a")
+    mac_a, mac_b = b"\x52\x54\0\x12\x34\x56", b"\x9a\x55" * 3
+    opts = b"\x01\x01\x08\x0a\0\0\0\1\0\0\0\2"
+    hl = py_headers.header_len(6 if v6 else 4, 6, len(opts))
+    plens = np.array([0, 1, 1400, 7, 513], np.int64)
+    offs = np.cumsum(np.concatenate([[5], plens[:-1] + hl + 3]))
+    buf = bytearray(int(offs[-1] + hl + plens[-1] + 10))
+    for o, p in zip(offs, plens):
+        buf[o + hl : o + hl + p] = bytes((o + k) & 0xFF for k in range(p))
+    ref = bytearray(buf)
+    lens = batch.build_tcp_segments(buf, offs, plens, mac_a, mac_b, src, dst, 9000, 40000,
+                                    0xFFFFFFF0, 77, 0x18, 512, opts)
+    assert lens.tolist() == (plens + hl).tolist()
+    seq = 0xFFFFFFF0
+    for o, p in zip(offs.tolist(), plens.tolist()):
+        n = py_headers.build_tcp(ref, o, mac_a, mac_b, src, dst, 9000, 40000, seq & 0xFFFFFFFF, 77,
+                                 0x18, 512, p, opts)
+        seq += p
+        assert bytes(buf[o : o + n]) == bytes(ref[o : o + n])
+    assert buf == ref
+    ok = np.zeros(len(offs), bool)
+    assert batch.verify_checksums(buf, offs, lens, ok) == 0
+    with pytest.raises(ValueError):
+        batch.build_tcp_segments(buf, offs + len(buf), plens, mac_a, mac_b, src, dst, 1, 2, 0, 0, 0, 0)
+    assert len(batch.build_tcp_segments(buf, offs[:0], plens[:0], mac_a, mac_b, src, dst, 1, 2, 0, 0, 0, 0)) == 0

@@ -157,3 +157,10 @@ def test_builders_same(v6, plen, port, seq, opts, off, flags, addrs):
 @pytest.mark.parametrize("args", [(4, 6, 0), (6, 6, 13), (4, 17, 0), (6, 58, 0), (4, 6, 41), (5, 6, 0), (4, 99, 0)])
 def test_header_len_same(args):
     assert outcome(cy_headers.header_len, *args) == outcome(py_headers.header_len, *args)
+
+
+@SETTINGS
+@given(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+def test_csum_add_same(a, b):
+    assert cy_csum.csum_add(a, b) == py_csum.csum_add(a, b)
+    assert py_csum.csum_fold(py_csum.csum_add(a, b)) == py_csum.csum_fold(a + b)

@@ -545,6 +545,17 @@ def test_backend_module() -> None:
 
 
 @needs_native
+def test_same_public_api() -> None:
+    def public(obj: object) -> set[str]:
+        return {n for n in dir(obj) if not n.startswith("_")}
+
+    assert public(NATIVE.FlowTable) == public(twin.FlowTable)
+    assert set(NATIVE.__all__) == set(twin.__all__)
+    for name in ("FlowTableFull", "coerce_batch", "flow_key_bytes", "normalise_addr", "bucket_count", "PROCESS_KEY"):
+        assert getattr(NATIVE, name) is getattr(twin, name)
+
+
+@needs_native
 def test_differential_random_operations() -> None:
     rng = np.random.default_rng(3)
     a, b = NATIVE.FlowTable(200, key=KEY), twin.FlowTable(200, key=KEY)
@@ -583,6 +594,46 @@ def test_differential_random_operations() -> None:
         assert a.key_of(i) == b.key_of(i) and a.last_seen(i) == b.last_seen(i)
     a.check_invariants()
     b.check_invariants()
+
+
+@needs_native
+def test_native_full_at_70_percent_load_with_churn() -> None:
+    """A 131072-bucket table filled to capacity (load 0.7), half removed and refilled, vs a dict."""
+    cap = 91749
+    t = NATIVE.FlowTable(cap)
+    assert t.buckets == 131072
+    rng = np.random.default_rng(4)
+    keys = random_keys(rng, cap)
+    idx = t.insert_batch(*keys, now=1.0)
+    assert (idx == np.arange(cap)).all()
+    model = {row(keys, r): r for r in range(cap)}
+    assert len(model) == cap
+    with pytest.raises(NATIVE.FlowTableFull):
+        t.insert(*flow(1, 2, saddr=V6A))
+    gone = rng.choice(cap, cap // 2, replace=False)
+    for i in gone.tolist():
+        t.remove_index(i)
+    fresh = random_keys(rng, cap // 2)
+    new_idx = t.insert_batch(*fresh, now=2.0)
+    assert sorted(new_idx.tolist()) == sorted(gone.tolist())
+    for r in gone.tolist():
+        del model[row(keys, r)]
+    for r, i in enumerate(new_idx.tolist()):
+        model[row(fresh, r)] = i
+    assert t.lookup_batch(*keys).tolist() == [model.get(row(keys, r), -1) for r in range(cap)]
+    before = t.stats()
+    assert t.lookup_batch(*fresh).tolist() == new_idx.tolist()
+    s = t.stats()
+    assert s["entries"] == cap and s["load_factor"] == pytest.approx(0.7, abs=1e-3)
+    # Linear probing (Knuth): finding a key costs what inserting it did, (1 + 1/(1-a)^2) / 2
+    # at load a; averaged over a = 0.35..0.7 (when these keys went in) that is 3.06 buckets.
+    # A weak hash (clustered keys) would be far above.
+    mean = (s["probe_total"] - before["probe_total"]) / (s["lookups"] - before["lookups"])
+    assert 2.5 < mean < 3.6
+    t.check_invariants()
+    assert t.expire(2.0, 0.5).tolist() == sorted(set(range(cap)) - set(new_idx.tolist()))
+    assert len(t) == cap // 2
+    t.check_invariants()
 
 
 ADDRS = [V4A, V4B, V6A, MAPPED + V4B]
@@ -666,13 +717,37 @@ class FlowTableMachine(RuleBasedStateMachine):
         assert gone == want
         self.model = {k: i for k, i in self.model.items() if i not in gone}
 
-    @rule(ks=st.lists(key_strategy, min_size=0, max_size=6))
-    def lookup_batch(self, ks: list) -> None:
+    @staticmethod
+    def arrays(ks: list) -> list:
         cols = [np.array([k[c] for k in ks], dtype=np.int64) for c in (0, 1, 3, 5)]
         addr = [np.array([list(twin.normalise_addr(k[c])) for k in ks], dtype=np.uint8).reshape(len(ks), 16)
                 for c in (2, 4)]
-        _, val = self.all_same(lambda t: t.lookup_batch(cols[0], cols[1], addr[0], cols[2], addr[1], cols[3]).tolist())
+        return [cols[0], cols[1], addr[0], cols[2], addr[1], cols[3]]
+
+    @rule(ks=st.lists(key_strategy, min_size=0, max_size=6))
+    def lookup_batch(self, ks: list) -> None:
+        a = self.arrays(ks)
+        _, val = self.all_same(lambda t: t.lookup_batch(*a).tolist())
         assert val == [self.model.get(self.norm(k), -1) for k in ks]
+
+    @rule(ks=st.lists(key_strategy, min_size=0, max_size=5))
+    def insert_batch(self, ks: list) -> None:
+        a = self.arrays(ks)
+        kind, val = self.all_same(lambda t: t.insert_batch(*a, now=self.now).tolist())
+        for r, k in enumerate(ks):
+            nk = self.norm(k)
+            if nk in self.model:
+                assert kind == "raise" or val[r] == -1
+                continue
+            if len(self.model) == self.CAPACITY:
+                assert (kind, val) == ("raise", twin.FlowTableFull)
+                return
+            _, i = self.all_same(lambda t: t.lookup(*k))  # indices of rows before a FlowTableFull
+            assert kind == "raise" or val[r] == i
+            assert 0 <= i < self.CAPACITY and i not in self.model.values()
+            self.model[nk] = i
+            self.seen[i] = self.now
+        assert kind == "ok"
 
     @invariant()
     def consistent(self) -> None:

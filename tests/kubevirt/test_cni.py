@@ -22,6 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from passtcore.kubevirt import cni as cni_module
 
 PLUGIN = Path(sys.executable).parent / "kubevirt-passt-binding"
 SUPPORTED = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
@@ -524,7 +528,7 @@ def test_go_style_html_escapes_in_error_json() -> None:
 
 
 def test_plugin_imports_nothing_heavy(tmp_path: Path) -> None:
-    """Start-up budget: stdlib basics only; no numpy, kernels, logging, pyroute2 or grpc."""
+    """Start-up budget: stdlib basics only; no numpy, kernels, json, logging, pyroute2, grpc."""
     plain = tmp_path / "plain-file"
     plain.write_text("")
     root = Path(__file__).resolve().parents[2]
@@ -539,6 +543,45 @@ def test_plugin_imports_nothing_heavy(tmp_path: Path) -> None:
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
                 if line.startswith("import time:") and "|" in line}
     assert "passtcore.netns" in imported and "passtcore.kubevirt.cni" in imported
+    # json: valid input is scanned by _json alone (the json package compiles regexes).
     heavy = {"numpy", "passtcore._backend", "passtcore_py", "logging", "pyroute2", "grpc",
-             "asyncio", "subprocess", "argparse", "socket"}
+             "asyncio", "subprocess", "argparse", "socket", "json"}
     assert not heavy & imported, heavy & imported
+
+
+# --- the plugin's JSON layer against the json package (in process) --------------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _go_escaped(text: str) -> str:
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escape)
+    return text
+
+
+@settings(max_examples=200, deadline=None)
+@given(_json_values, st.sampled_from([None, 4]))
+def test_go_json_matches_json_dumps(value: object, indent: int | None) -> None:
+    expected = json.dumps(value, ensure_ascii=False, indent=indent,
+                          separators=(",", ":") if indent is None else (",", ": "))
+    assert cni_module.go_json(value, indent) == _go_escaped(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_json_values, st.sampled_from(["", " ", "\n\t ", "\r\n"]))
+def test_fast_decoder_matches_json_loads(value: object, space: str) -> None:
+    text = space + json.dumps(value, indent=2 if space else None) + space
+    assert cni_module._loads(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["", " ", "{", '{"a": 1} {', "[1,]", '{"a": NaN}', "\ufeff{}",
+                                  '"\x01"', "nul"])
+def test_fast_decoder_rejects_what_json_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        cni_module._loads(text)

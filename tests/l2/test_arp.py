@@ -7,7 +7,7 @@ from scapy.layers.l2 import ARP, Ether
 
 import passtcore
 from passtcore.run.arp import ArpEngine, arp_reply
-from passtcore.run.dhcp import Drop
+from passtcore.run.l2common import Drop
 
 from .conftest import GUEST_MAC, OUR_MAC, reference_conf
 

@@ -12,7 +12,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 import passtcore
-from passtcore.run.dhcp import DhcpEngine, Drop, dhcp_reply, encode_domains
+from passtcore.run.dhcp import DhcpEngine, dhcp_reply
+from passtcore.run.l2common import Drop, encode_domains
 
 from .conftest import GUEST_MAC, OUR_MAC, assert_checksums, decode_names, ip, mac
 

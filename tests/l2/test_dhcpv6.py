@@ -17,7 +17,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 import passtcore
-from passtcore.run.dhcp import Drop
+from passtcore.run.l2common import Drop
 from passtcore.run.dhcpv6 import Dhcpv6Engine, Dhcpv6State, dhcpv6_reply
 
 from .conftest import GUEST_LL, GUEST_MAC, OUR_MAC, assert_checksums, mac

@@ -12,7 +12,7 @@ from scapy.layers.inet6 import (ICMPv6NDOptDNSSL, ICMPv6NDOptDstLLAddr, ICMPv6ND
 from scapy.layers.l2 import Ether
 
 import passtcore
-from passtcore.run.dhcp import Drop
+from passtcore.run.l2common import Drop
 from passtcore.run.ndp import NdpEngine, ndp_reply
 
 from .conftest import GUEST_LL, GUEST_MAC, OUR_MAC, assert_checksums, ip

@@ -440,7 +440,7 @@ def test_out_of_order_data_is_held_until_the_gap_fills(h, server):
     got = g.segs(h.new())
     assert got[0].ack == g.seq                 # not acknowledged: a duplicate ACK
     g.send("PA", b"hello ")
-    got = g.segs(h.new())
+    got = g.segs(h.wait_for(lambda p: g.mine(p) and p[TCP].ack == g.seq + 11))
     assert got[-1].ack == g.seq + 11           # both now written, in order
     conn.settimeout(2)
     data = b""

@@ -157,7 +157,7 @@ NETEM = ("loss", "1%", "reorder", "5%", "duplicate", "1%", "delay", "1ms")
 def impaired_world():
     """Without sch_netem in the kernel: the same impairments in user space (impair.py)."""
     _need_root()
-    w = World(*FWD_ARGS, impair=(1, 5, 1, 1))
+    w = World(*FWD_ARGS, impair=(1, 5, 1, 1, "--both"))  # both directions: harsher
     yield w
     w.close()
 
