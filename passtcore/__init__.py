@@ -17,7 +17,9 @@ extension is missing they are used too, with one warning logged.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+# `typing` is not imported at run time: the CNI plugin imports this package per
+# pod and counts milliseconds.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
@@ -26,6 +28,8 @@ KERNELS = ("csum", "headers", "batch", "flowtable")
 __all__ = ["__version__", "backend", "KERNELS", *KERNELS]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from typing import Any
+
     from passtcore_py import batch, csum, flowtable, headers
 
     backend: str

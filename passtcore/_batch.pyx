@@ -10,30 +10,23 @@ no Python object is created per frame.
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 
 import numpy as np
 
 from passtcore._kern cimport (
     E_BAD_BOUNDS, E_OK, PInfo, frame_ok, ip_l4_fill, p_frame, p_ip, pc_csum, pc_fold, pc_load16,
-    pc_load32, pc_store16, pc_store32, pc_update16, pc_update32, pc_update_bytes,
+    pc_load32, pc_store16, pc_store32, pc_update16, pc_update32, rewrite_addr, wbuf,
 )
 from passtcore._headers import build_tcp as _build_tcp
 from passtcore._headers import header_len as _header_len
 from passtcore_py.batch import STATUS_OK, Classified, status_reason
+from passtcore_py.batch import _frames, _per_frame_addr, _per_frame_int  # same coercion rules
 
 __all__ = [
     "Classified", "STATUS_OK", "verify_checksums", "classify", "fill_checksums",
     "rewrite_addresses", "set_tcp_ack_window", "build_tcp_segments", "status_reason",
 ]
-
-
-def _frames(offsets, lengths):
-    offs = np.ascontiguousarray(offsets, dtype=np.int64)
-    lens = np.ascontiguousarray(lengths, dtype=np.int64)
-    if offs.ndim != 1 or offs.shape != lens.shape:
-        raise ValueError("offsets and lengths must be 1-D arrays of the same length")
-    return offs, lens
 
 
 cdef inline int _parse(const uint8_t* b, Py_ssize_t blen, int64_t off, int64_t ln, PInfo* i) noexcept nogil:
@@ -42,14 +35,6 @@ cdef inline int _parse(const uint8_t* b, Py_ssize_t blen, int64_t off, int64_t l
     if off < 0 or ln < 0 or off > blen or ln > blen - off:
         return E_BAD_BOUNDS
     return p_frame(b, off, off + ln, i)
-
-
-cdef inline uint8_t* _wbuf(object buf, Py_buffer* v) except NULL:
-    PyObject_GetBuffer(buf, v, PyBUF_SIMPLE)
-    if v.readonly:
-        PyBuffer_Release(v)
-        raise TypeError("buffer is read-only")
-    return <uint8_t*>v.buf
 
 
 def verify_checksums(buf, offsets, lengths, out_ok):
@@ -154,7 +139,7 @@ def fill_checksums(buf, offsets, lengths):
     cdef const int64_t[::1] o = offs
     cdef const int64_t[::1] l = lens
     cdef Py_buffer v
-    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef uint8_t* b = wbuf(buf, &v)
     cdef PInfo info
     cdef Py_ssize_t i, n = o.shape[0], skipped = 0
     try:
@@ -167,50 +152,6 @@ def fill_checksums(buf, offsets, lengths):
     finally:
         PyBuffer_Release(&v)
     return skipped
-
-
-def _per_frame_addr(a, Py_ssize_t n):
-    if a is None:
-        return None
-    if isinstance(a, (bytes, bytearray, memoryview)):
-        arr = np.frombuffer(bytes(a), np.uint8)
-        if arr.size not in (4, 16):
-            raise ValueError("address must be 4 or 16 bytes")
-        return np.ascontiguousarray(np.broadcast_to(arr, (n, arr.size)))
-    arr = np.ascontiguousarray(a, dtype=np.uint8)
-    if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] not in (4, 16):
-        raise ValueError("per-frame addresses must be an (N, 4) or (N, 16) uint8 array")
-    return arr
-
-
-cdef inline Py_ssize_t _pseudo_l4_off(const PInfo* i) noexcept nogil:
-    cdef int p = i.l4_proto
-    if i.is_fragment:
-        return -1
-    if p == 6 and i.l4_len >= 20:
-        return i.l4_offset + 16
-    if p == 17 and i.l4_len >= 8:
-        return i.l4_offset + 6
-    if p == 58 and i.ip_version == 6 and i.l4_len >= 4:
-        return i.l4_offset + 2
-    return -1
-
-
-cdef inline void _set_addr(uint8_t* b, const PInfo* i, Py_ssize_t o, const uint8_t* a) noexcept nogil:
-    cdef int alen = i.addr_len
-    cdef Py_ssize_t coff = _pseudo_l4_off(i)
-    cdef uint32_t ck
-    if alen == 4:
-        pc_store16(b + i.l3_offset + 10,
-                   pc_update_bytes(pc_load16(b + i.l3_offset + 10), b + o, a, 4))
-    if coff >= 0:
-        ck = pc_load16(b + coff)
-        if not (i.l4_proto == 17 and ck == 0):
-            ck = pc_update_bytes(ck, b + o, a, alen)
-            if ck == 0 and i.l4_proto == 17:
-                ck = 0xFFFF
-            pc_store16(b + coff, ck)
-    memcpy(b + o, a, alen)
 
 
 def rewrite_addresses(buf, offsets, lengths, src=None, dst=None):
@@ -233,7 +174,7 @@ def rewrite_addresses(buf, offsets, lengths, src=None, dst=None):
     cdef int sw = s.shape[1] if has_s else 0
     cdef int dw = d.shape[1] if has_d else 0
     cdef Py_buffer v
-    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef uint8_t* b = wbuf(buf, &v)
     cdef PInfo info
     cdef int64_t end
     try:
@@ -249,18 +190,12 @@ def rewrite_addresses(buf, offsets, lengths, src=None, dst=None):
                     skipped += 1
                     continue
                 if has_s:
-                    _set_addr(b, &info, info.addr_off, &s[i, 0])
+                    rewrite_addr(b, &info, info.addr_off, &s[i, 0])
                 if has_d:
-                    _set_addr(b, &info, info.addr_off + info.addr_len, &d[i, 0])
+                    rewrite_addr(b, &info, info.addr_off + info.addr_len, &d[i, 0])
     finally:
         PyBuffer_Release(&v)
     return skipped
-
-
-def _per_frame_int(val, Py_ssize_t n):
-    if val is None:
-        return None
-    return np.ascontiguousarray(np.broadcast_to(np.asarray(val, dtype=np.int64), (n,)))
 
 
 def set_tcp_ack_window(buf, offsets, lengths, ack=None, window=None):
@@ -281,7 +216,7 @@ def set_tcp_ack_window(buf, offsets, lengths, ack=None, window=None):
     cdef const int64_t[::1] av = a_arr if has_a else dummy
     cdef const int64_t[::1] wv = w_arr if has_w else dummy
     cdef Py_buffer v
-    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef uint8_t* b = wbuf(buf, &v)
     cdef PInfo info
     cdef Py_ssize_t t
     cdef uint32_t ck, old, new
@@ -340,7 +275,7 @@ def build_tcp_segments(buf, offsets, payload_lens, eth_dst, eth_src, src, dst, i
     cdef uint32_t s = <uint32_t>(seq & 0xFFFFFFFF), ck
     cdef uint64_t addr_sum
     cdef Py_buffer v
-    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef uint8_t* b = wbuf(buf, &v)
     try:
         if (offs.min() < 0 or plens.min() < 0
                 or int((offs + plens).max()) + hl > v.len):

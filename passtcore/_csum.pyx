@@ -10,11 +10,11 @@ uint8, mmap, memoryview) with one ``PyObject_GetBuffer`` per call; the sum
 itself runs without the GIL for large buffers.
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from passtcore._kern cimport (
     E_OK, PInfo, frame_ok, ip_l4_fill, p_frame, pc_csum, pc_fold, pc_force_scalar,
-    pc_load16, pc_update16, pc_update32, pc_update_bytes, pc_use_avx2,
+    pc_update16, pc_update32, pc_update_bytes, pc_use_avx2,
 )
 from passtcore_py.headers import REASONS, ParseError
 
@@ -33,8 +33,7 @@ cdef inline Py_ssize_t _clip(Py_ssize_t n, Py_ssize_t offset, Py_ssize_t length)
     return length
 
 
-def csum_partial(buf, Py_ssize_t offset=0, Py_ssize_t length=-1, uint64_t init=0):
-    """One's-complement sum of ``buf[offset:offset+length]`` plus ``init`` (not complemented)."""
+cdef long long _partial(object buf, Py_ssize_t offset, Py_ssize_t length, uint64_t init) except -1:
     cdef Py_buffer v
     cdef uint32_t r
     PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
@@ -50,6 +49,11 @@ def csum_partial(buf, Py_ssize_t offset=0, Py_ssize_t length=-1, uint64_t init=0
     return r
 
 
+def csum_partial(buf, Py_ssize_t offset=0, Py_ssize_t length=-1, uint64_t init=0):
+    """One's-complement sum of ``buf[offset:offset+length]`` plus ``init`` (not complemented)."""
+    return _partial(buf, offset, length, init)
+
+
 def csum_add(uint64_t a, uint64_t b):
     """One's-complement addition of two partial sums (canonical result)."""
     cdef uint64_t s = (a & 0xFFFFFFFF) + (a >> 32) + (b & 0xFFFFFFFF) + (b >> 32)
@@ -62,7 +66,8 @@ def csum_fold(uint64_t sum32):
 
 
 def inet_checksum(buf, Py_ssize_t offset=0, Py_ssize_t length=-1):
-    return (~<uint32_t>csum_partial(buf, offset, length)) & 0xFFFF
+    """``csum_fold(csum_partial(buf, offset, length))``: the checksum field value."""
+    return (~<uint32_t>_partial(buf, offset, length, 0)) & 0xFFFF
 
 
 cdef inline const uint8_t* _addr(object a, Py_ssize_t n) except NULL:

@@ -12,13 +12,13 @@ and update checksums incrementally (RFC 1624).
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from passtcore._kern cimport (
-    E_BAD_BOUNDS, E_OK, PInfo, p_arp, p_ethernet, p_frame, p_icmp, p_ip, p_ipv4, p_ipv6,
+    PInfo, p_arp, p_ethernet, p_frame, p_icmp, p_ip, p_ipv4, p_ipv6,
     p_tcp, p_tcp_options, p_udp, pc_csum, pc_fold, pc_load16, pc_load32, pc_store16,
-    pc_store32, pc_update16, pc_update32, pc_update_bytes, pinfo_init,
+    pc_store32, pc_update16, pc_update32, pinfo_init, rewrite_addr, update_field, wbuf,
 )
 from passtcore_py.headers import REASONS, ParseError, reason_code
 
@@ -366,15 +366,6 @@ def parse_icmp(buf, Py_ssize_t offset, Py_ssize_t length=-1, info=None, int ip_v
 # -- in-place rewrites ------------------------------------------------------------------
 
 
-cdef inline uint8_t* _wbuf(object buf, Py_buffer* v) except NULL:
-    """Acquire a writable buffer (TypeError for read-only ones, like the twin)."""
-    PyObject_GetBuffer(buf, v, PyBUF_SIMPLE)
-    if v.readonly:
-        PyBuffer_Release(v)
-        raise TypeError("buffer is read-only")
-    return <uint8_t*>v.buf
-
-
 cdef inline bytes _as_bytes(object a):
     return a if type(a) is bytes else bytes(a)
 
@@ -382,7 +373,7 @@ cdef inline bytes _as_bytes(object a):
 def set_macs(buf, Py_ssize_t off, dst=None, src=None):
     """Overwrite the Ethernet destination / source MAC of the frame at ``off``."""
     cdef Py_buffer v
-    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef uint8_t* b = wbuf(buf, &v)
     cdef bytes d, s
     try:
         if off < 0 or off + 12 > v.len:
@@ -399,48 +390,18 @@ def set_macs(buf, Py_ssize_t off, dst=None, src=None):
         PyBuffer_Release(&v)
 
 
-cdef inline int _pseudo_l4_off(const PInfo* i) noexcept nogil:
-    """Absolute offset of an L4 checksum covering the pseudo-header, or -1 (as the twin)."""
-    cdef int p = i.l4_proto
-    if i.is_fragment:
-        return -1
-    if p == 6 and i.l4_len >= 20:
-        return i.l4_offset + 16
-    if p == 17 and i.l4_len >= 8:
-        return i.l4_offset + 6
-    if p == 58 and i.ip_version == 6 and i.l4_len >= 4:
-        return i.l4_offset + 2
-    return -1
-
-
-cdef inline void _upd(uint8_t* b, Py_ssize_t coff, const uint8_t* old, const uint8_t* new,
-                      Py_ssize_t n, bint udp) noexcept nogil:
-    cdef uint32_t ck = pc_load16(b + coff)
-    if udp and ck == 0:
-        return
-    ck = pc_update_bytes(ck, old, new, n)
-    if udp and ck == 0:
-        ck = 0xFFFF
-    pc_store16(b + coff, ck)
-
-
 def set_addresses(buf, Py_ssize_t l3off, src=None, dst=None):
     """Replace source / destination address, fixing the IPv4 and pseudo-header L4 checksums."""
     cdef Py_buffer v
-    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef uint8_t* b = wbuf(buf, &v)
     cdef PInfo i
     cdef int rc, alen, k
-    cdef Py_ssize_t coff, o
-    cdef bint udp
     cdef bytes a
-    cdef const uint8_t* ap
     try:
         rc = p_ip(b, l3off, v.len, &i)
         if rc:
             _raise(rc)
         alen = i.addr_len
-        coff = _pseudo_l4_off(&i)
-        udp = i.l4_proto == 17
         for k in range(2):
             obj = src if k == 0 else dst
             if obj is None:
@@ -448,13 +409,7 @@ def set_addresses(buf, Py_ssize_t l3off, src=None, dst=None):
             a = _as_bytes(obj)
             if len(a) != alen:
                 raise ParseError("bad-address", f"IPv{i.ip_version} address must be {alen} bytes")
-            ap = <const uint8_t*><const char*>a
-            o = i.addr_off + k * alen
-            if alen == 4:
-                pc_store16(b + l3off + 10, pc_update_bytes(pc_load16(b + l3off + 10), b + o, ap, 4))
-            if coff >= 0:
-                _upd(b, coff, b + o, ap, alen, udp)
-            memcpy(b + o, ap, alen)
+            rewrite_addr(b, &i, i.addr_off + k * alen, <const uint8_t*><const char*>a)
     finally:
         PyBuffer_Release(&v)
 
@@ -462,7 +417,7 @@ def set_addresses(buf, Py_ssize_t l3off, src=None, dst=None):
 def set_ports(buf, Py_ssize_t l3off, Py_ssize_t l4off, sport=None, dport=None):
     """Replace TCP/UDP ports (ICMP echo: ``sport`` is the echo id), fixing the L4 checksum."""
     cdef Py_buffer v
-    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef uint8_t* b = wbuf(buf, &v)
     cdef PInfo i
     cdef int rc, p
     cdef Py_ssize_t coff
@@ -498,7 +453,7 @@ def set_ports(buf, Py_ssize_t l3off, Py_ssize_t l4off, sport=None, dport=None):
             if pc_load16(b + <Py_ssize_t>o) != val:
                 memcpy(old, b + <Py_ssize_t>o, 2)
                 pc_store16(new, val)
-                _upd(b, coff, old, new, 2, udp)
+                update_field(b, coff, old, new, 2, udp)
                 pc_store16(b + <Py_ssize_t>o, val)
     finally:
         PyBuffer_Release(&v)
@@ -507,7 +462,7 @@ def set_ports(buf, Py_ssize_t l3off, Py_ssize_t l4off, sport=None, dport=None):
 def set_ttl(buf, Py_ssize_t l3off, int ttl):
     """Set the IPv4 TTL (checksum updated) or the IPv6 hop limit."""
     cdef Py_buffer v
-    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef uint8_t* b = wbuf(buf, &v)
     cdef uint32_t old, new
     try:
         if l3off < 0 or l3off >= v.len:
@@ -533,7 +488,7 @@ def set_ttl(buf, Py_ssize_t l3off, int ttl):
 def set_tcp(buf, Py_ssize_t l4off, seq=None, ack=None, window=None, flags=None):
     """Rewrite TCP sequence / ack / window / flags (low 8 bits), checksum updated."""
     cdef Py_buffer v
-    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef uint8_t* b = wbuf(buf, &v)
     cdef uint32_t ck, old, new
     try:
         if l4off < 0 or l4off + 20 > v.len:
@@ -643,7 +598,7 @@ def build_tcp(buf, Py_ssize_t offset, eth_dst, eth_src, src, dst, int sport, int
               seq, ack, int flags, int window, Py_ssize_t payload_len, options=b""):
     """Write Ethernet+IP+TCP headers at ``offset`` before the payload; returns the frame length."""
     cdef Py_buffer v
-    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef uint8_t* b = wbuf(buf, &v)
     cdef bytes opts = _as_bytes(options)
     cdef bytes s = _as_bytes(src)
     cdef Py_ssize_t hl, tcp_hl, l4len, l4
@@ -678,7 +633,7 @@ def build_udp(buf, Py_ssize_t offset, eth_dst, eth_src, src, dst, int sport, int
               Py_ssize_t payload_len):
     """Write Ethernet+IP+UDP headers at ``offset`` before the payload; returns the frame length."""
     cdef Py_buffer v
-    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef uint8_t* b = wbuf(buf, &v)
     cdef bytes s = _as_bytes(src)
     cdef Py_ssize_t hl, l4len, l4
     cdef uint32_t ps
@@ -704,7 +659,7 @@ def build_icmp(buf, Py_ssize_t offset, eth_dst, eth_src, src, dst, int type, int
                int ident, int seq, Py_ssize_t payload_len):
     """Write Ethernet+IP+ICMP (ICMPv6 for 16-byte addresses) headers; returns the frame length."""
     cdef Py_buffer v
-    cdef uint8_t* b = _wbuf(buf, &v)
+    cdef uint8_t* b = wbuf(buf, &v)
     cdef bytes s = _as_bytes(src)
     cdef bint v6 = len(s) == 16
     cdef int proto = 58 if v6 else 1

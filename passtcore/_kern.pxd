@@ -19,7 +19,9 @@
 # return 0 or a reason code (index + 1 into passtcore_py.headers.REASONS);
 # every read is checked against the window end and against the lengths the
 # headers announce, so a bogus frame can never cause an out-of-range read.
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
 
 cdef extern from *:
     """
@@ -606,3 +608,55 @@ cdef inline bint frame_ok(const uint8_t* b, const PInfo* i) noexcept nogil:
     if i.l4_proto == 17 and i.ip_version == 4 and b[i.l4_offset + 6] == 0 and b[i.l4_offset + 7] == 0:
         return True
     return pc_csum(b + i.l4_offset, i.l4_len, pseudo_sum(b, i)) == 0xFFFF
+
+
+# -- in-place rewrites shared by _headers and _batch -------------------------------------
+
+cdef inline uint8_t* wbuf(object buf, Py_buffer* v) except NULL:
+    """Acquire a writable buffer; TypeError for read-only ones (like the twin)."""
+    PyObject_GetBuffer(buf, v, PyBUF_SIMPLE)
+    if v.readonly:
+        PyBuffer_Release(v)
+        raise TypeError("buffer is read-only")
+    return <uint8_t*>v.buf
+
+
+cdef inline Py_ssize_t pseudo_l4_field(const PInfo* i) noexcept nogil:
+    """Absolute offset of an L4 checksum covering the pseudo-header (TCP, UDP,
+    ICMPv6; lengths from the IP header only), or -1."""
+    cdef int p = i.l4_proto
+    if i.is_fragment:
+        return -1
+    if p == 6 and i.l4_len >= 20:
+        return i.l4_offset + 16
+    if p == 17 and i.l4_len >= 8:
+        return i.l4_offset + 6
+    if p == 58 and i.ip_version == 6 and i.l4_len >= 4:
+        return i.l4_offset + 2
+    return -1
+
+
+cdef inline void update_field(uint8_t* b, Py_ssize_t coff, const uint8_t* old, const uint8_t* new,
+                              Py_ssize_t n, bint udp) noexcept nogil:
+    """RFC 1624 update of the checksum at coff for a field old -> new (n bytes).
+    UDP: a zero checksum ("none") stays zero, a computed zero becomes 0xFFFF."""
+    cdef uint32_t ck = pc_load16(b + coff)
+    if udp and ck == 0:
+        return
+    ck = pc_update_bytes(ck, old, new, n)
+    if udp and ck == 0:
+        ck = 0xFFFF
+    pc_store16(b + coff, ck)
+
+
+cdef inline void rewrite_addr(uint8_t* b, const PInfo* i, Py_ssize_t o, const uint8_t* a) noexcept nogil:
+    """Replace the address at o (source or destination of the IP header parsed
+    into i) by a, updating the IPv4 header and pseudo-header L4 checksums."""
+    cdef int alen = i.addr_len
+    cdef Py_ssize_t coff = pseudo_l4_field(i)
+    if alen == 4:
+        pc_store16(b + i.l3_offset + 10,
+                   pc_update_bytes(pc_load16(b + i.l3_offset + 10), b + o, a, 4))
+    if coff >= 0:
+        update_field(b, coff, b + o, a, alen, i.l4_proto == 17)
+    memcpy(b + o, a, alen)

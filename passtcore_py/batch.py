@@ -188,9 +188,7 @@ def rewrite_addresses(buf: Any, offsets: Any, lengths: Any, src: Any = None, dst
     n = len(offs)
     s = _per_frame_addr(src, n)
     d = _per_frame_addr(dst, n)
-    mv = memoryview(buf).cast("B") if memoryview(buf).format != "B" else memoryview(buf)
-    if mv.readonly:
-        raise TypeError("buffer is read-only")
+    mv = _h._wview(buf)  # TypeError for read-only buffers
     skipped = 0
     for i in range(n):
         info = _parse(mv, offs[i], lens[i])
@@ -225,9 +223,7 @@ def set_tcp_ack_window(buf: Any, offsets: Any, lengths: Any, ack: Any = None, wi
     n = len(offs)
     acks = _per_frame_int(ack, n)
     wins = _per_frame_int(window, n)
-    mv = memoryview(buf).cast("B") if memoryview(buf).format != "B" else memoryview(buf)
-    if mv.readonly:
-        raise TypeError("buffer is read-only")
+    mv = _h._wview(buf)  # TypeError for read-only buffers
     skipped = 0
     for i in range(n):
         info = _parse(mv, offs[i], lens[i])

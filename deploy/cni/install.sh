@@ -34,9 +34,11 @@ replace "$dest/.$name.d.link-$stamp" "$dest/$name.d"
 cp -f "$src/$name" "$dest/.$name.new-$stamp"
 chmod 0755 "$dest/.$name.new-$stamp"
 replace "$dest/.$name.new-$stamp" "$dest/$name"
+# Older bundles, and temporaries of an interrupted earlier run.
 for old in "$dest/.$name.d-"*; do
     [ "$old" = "$dest/.$name.d-$stamp" ] || rm -rf "$old"
 done
+rm -f "$dest/.$name.d.link-"* "$dest/.$name.new-"*
 echo "install.sh: installed $dest/$name (bundle .$name.d-$stamp)"
 
 [ "${1:-}" = "--once" ] && exit 0

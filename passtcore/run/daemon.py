@@ -214,6 +214,14 @@ def _serve(opts: Any, loop: Any, counters: Counters, handler: Any, dispatcher: A
                   exc_info=opts.debug)
 
     loop.on_error = on_error
+    if opts.namespace_mode and not opts.no_netns_quit:
+        # Like pasta: quit when the namespace file (or the target process) goes away.
+        def watch_netns() -> None:
+            if not os.path.exists(opts.netns):
+                log.info("Namespace %s is gone, exiting", opts.netns)
+                loop.stop(0)
+
+        loop.call_every(1.0, watch_netns)
     loop.call_every(1.0, lambda: dispatcher.tick(loop.now()))
     frontend.start()
     # Unconditional (even with -q): harnesses wait for it before signalling us.

@@ -112,11 +112,11 @@ class Dispatcher:
     def route(self, info: Any) -> str:
         """The engine name for a parsed frame, or ``"drop:<reason>"``."""
         et = info.ethertype
+        if info.vlan >= 0 or et in (0x8100, 0x88A8):
+            return "drop:vlan"  # passt serves untagged frames only
         if et == 0x0806:
             return "arp"
         if et not in (0x0800, 0x86DD):
-            if info.vlan >= 0 or et in (0x8100, 0x88A8):
-                return "drop:vlan"
             return f"drop:ethertype-0x{et:04x}"
         if info.is_fragment:
             return "drop:ip-fragment"
@@ -180,8 +180,12 @@ class Dispatcher:
         try:
             eng.handle(frame, info)
         except Exception:
-            ctx.counters.drop(f"engine-error-{target}")
-            log.warning("engine %s failed on a frame", target, exc_info=True)
+            reason = f"engine-error-{target}"
+            ctx.counters.drop(reason)
+            n = ctx.counters.get("drop." + reason)
+            if n <= 10 or n % 1000 == 0:  # a broken engine must not flood the log
+                log.warning("engine %s failed on a frame (%d so far)", target, n,
+                            exc_info=True)
 
     def tick(self, now: float) -> None:
         for name, eng in list(self._engines.items()):

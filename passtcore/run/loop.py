@@ -68,12 +68,19 @@ class Loop:
                 self._ep.unregister(fd)
             except (OSError, ValueError):
                 pass  # already closed: the kernel dropped it from the set
-        elif old:
-            self._masks[fd] = mask
-            self._ep.modify(fd, mask)
         else:
             self._masks[fd] = mask
-            self._ep.register(fd, mask)
+            # A number closed without remove_*() and reused is gone from the epoll
+            # set (ENOENT on modify); a stale registration gives EEXIST: fix up both.
+            try:
+                if old:
+                    self._ep.modify(fd, mask)
+                else:
+                    self._ep.register(fd, mask)
+            except FileNotFoundError:
+                self._ep.register(fd, mask)
+            except FileExistsError:
+                self._ep.modify(fd, mask)
 
     def add_reader(self, fd: int, callback: Callback) -> None:
         self._readers[fd] = callback

@@ -183,3 +183,19 @@ def test_unusable_socket_paths_exit_1(tmp_path) -> None:
     long = "/tmp/" + "x" * 120
     r = subprocess.run([daemon_binary(), "-s", long], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "path too long" in r.stderr
+
+
+def test_second_client_is_discarded(sandbox: Sandbox) -> None:
+    d = sandbox.start_daemon(mode="socket", foreground=True)
+    assert d.socket_path
+    first = _arp_roundtrip(d.socket_path)
+    second = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    second.connect(d.socket_path)
+    second.settimeout(5)
+    assert second.recv(100) == b""  # accepted, then closed
+    second.close()
+    assert f"discarding connection from PID {os.getpid()}" in d.log()
+    first.send(arp_request(GW))  # the first client is unaffected
+    assert target_of_reply(first.recv_frames(1)[0]) == GW
+    first.close()
+    assert d.counters()["clients_discarded"] == 1

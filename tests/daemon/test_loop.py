@@ -69,3 +69,23 @@ def test_counters_format_roundtrip() -> None:
     assert parse_line(line) == c.snapshot()
     assert c.drops() == {"runt-frame": 2}
     assert c.format().startswith("counters: frames_in=1 bytes_in=60 frames_out=1 bytes_out=42")
+
+
+def test_fd_number_reused_without_remove() -> None:
+    loop = Loop()
+    r, w = os.pipe()
+    loop.add_reader(r, lambda: None)
+    os.close(r)
+    os.close(w)  # closed behind the loop's back: the kernel dropped it from epoll
+    r2, w2 = os.pipe()
+    assert r2 == r  # the number is reused
+    got: list[bytes] = []
+    loop.add_writer(r2, lambda: None)  # stale mask for this number: must not raise
+    loop.remove_writer(r2)
+    loop.add_reader(r2, lambda: got.append(os.read(r2, 10)))
+    os.write(w2, b"hi")
+    loop.run_once(1)
+    assert got == [b"hi"]
+    loop.close()
+    os.close(r2)
+    os.close(w2)

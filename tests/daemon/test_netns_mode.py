@@ -62,3 +62,22 @@ def test_ns_mac_and_ifname(serve_guest) -> None:
     info = link(sb, "tapx0")
     assert info["address"] == "02:00:00:00:aa:01"
     assert "UP" in info["flags"]
+
+
+def test_quits_when_the_namespace_goes(served_guest: Sandbox) -> None:
+    import subprocess
+
+    sb = served_guest
+    subprocess.run(["ip", "netns", "del", sb.guest_ns], check=True, timeout=20)
+    assert sb.daemon.wait(10) == 0
+    assert "is gone, exiting" in sb.daemon.log()
+
+
+def test_no_netns_quit_keeps_running(serve_guest) -> None:
+    import subprocess
+    import time
+
+    sb = serve_guest("--no-netns-quit")
+    subprocess.run(["ip", "netns", "del", sb.guest_ns], check=True, timeout=20)
+    time.sleep(2.5)
+    assert sb.daemon.alive()

@@ -17,7 +17,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -178,6 +178,7 @@ def test_ipv4_normalised_to_mapped(ft: ModuleType) -> None:
     assert t.lookup(17, 0, MAPPED + V4A, 1000, MAPPED + V4B, 80) == -1
     assert t.lookup(6, 0, MAPPED + V4A, 1000, MAPPED + V4B, 80) == i
     assert t.lookup(6, 0, bytearray(V4A), 1000, memoryview(V4B), 80) == i
+    assert t.lookup(6, 0, np.frombuffer(MAPPED + V4A, np.uint8), 1000, V4B, 80) == i
     assert t.key_of(i) == (6, 0, MAPPED + V4A, 1000, MAPPED + V4B, 80)
     assert (6, 0, MAPPED + V4A, 1000, V4B, 80) in t
 
@@ -679,6 +680,7 @@ class FlowTableMachine(RuleBasedStateMachine):
             assert (kind, val) == ("raise", KeyError)
         elif len(self.model) == self.CAPACITY:
             assert (kind, val) == ("raise", twin.FlowTableFull)
+            event("insert into a full table")
         else:
             assert kind == "ok" and 0 <= val < self.CAPACITY and val not in self.model.values()
             self.model[nk] = val
@@ -741,6 +743,7 @@ class FlowTableMachine(RuleBasedStateMachine):
                 continue
             if len(self.model) == self.CAPACITY:
                 assert (kind, val) == ("raise", twin.FlowTableFull)
+                event("insert_batch into a full table")
                 return
             _, i = self.all_same(lambda t: t.lookup(*k))  # indices of rows before a FlowTableFull
             assert kind == "raise" or val[r] == i
@@ -755,6 +758,8 @@ class FlowTableMachine(RuleBasedStateMachine):
             return
         stats = [t.stats() for t in self.tables]
         assert all(s == stats[0] for s in stats)
+        if stats[0]["max_displacement"] >= 2:
+            event("cluster of 3 or more")
         assert stats[0]["entries"] == len(self.model)
         for t in self.tables:
             assert len(t) == len(self.model)

@@ -138,7 +138,10 @@ def test_add_sets_sysctls_only_in_the_target_netns(make_netns) -> None:
     # Fresh namespaces start with the kernel defaults, so the ADD must change them.
     assert (ns_sysctl(target, PORT_START), ns_sysctl(target, PING_RANGE)) == ("1024", "1\t0")
 
-    proc = run_plugin("ADD", netns=f"/run/netns/{target}")
+    # CNI_ARGS as Multus passes it for a pod (ignored by the plugin).
+    cni_args = ("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=virt-launcher-vm-abcde;"
+                "K8S_POD_INFRA_CONTAINER_ID=0123456789abcdef;K8S_POD_UID=1234")
+    proc = run_plugin("ADD", netns=f"/run/netns/{target}", extra={"CNI_ARGS": cni_args})
 
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
     assert proc.stdout == '{\n    "cniVersion": "1.0.0"\n}'

@@ -95,11 +95,17 @@ def test_reinstall_replaces_the_bundle(image_cni: Path, tmp_path: Path) -> None:
     assert install(image_cni, bin_dir).returncode == 0
     first = os.readlink(bin_dir / f"{NAME}.d")
     (bin_dir / "other-plugin").write_text("untouched")
+    # Leftovers of an installer killed half-way are cleaned up.
+    (bin_dir / f".{NAME}.new-19700101000000-1").write_text("partial")
+    (bin_dir / f".{NAME}.d.link-19700101000000-1").symlink_to("nowhere")
+    (bin_dir / f".{NAME}.d-19700101000000-1").mkdir()
     assert install(image_cni, bin_dir).returncode == 0
     second = os.readlink(bin_dir / f"{NAME}.d")
     assert first != second
     assert not (bin_dir / first).exists()
     assert (bin_dir / "other-plugin").read_text() == "untouched"
+    assert sorted(p.name for p in bin_dir.iterdir()) == sorted(
+        [NAME, f"{NAME}.d", second, "other-plugin"])
     assert run_plugin("DEL", plugin=bin_dir / NAME).returncode == 0
 
 

@@ -8,7 +8,7 @@ import resource
 
 import pytest
 
-from .world import World, wait_port
+from .world import World
 
 pytestmark = pytest.mark.netns
 

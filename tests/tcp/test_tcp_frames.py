@@ -6,7 +6,6 @@ is needed. Every emitted frame's checksums are checked with scapy.
 """
 from __future__ import annotations
 
-import errno
 import socket
 import struct
 import time
@@ -15,10 +14,9 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 
-from passtcore.run import tcp as tcpmod
 from passtcore.run.tcp import TcpEngine
 
-from .harness import GUEST4, GUEST6, GW4, GW6, GUEST_LL, Harness, checksums_ok, guest_port, make_conf
+from .harness import GUEST4, GUEST6, GW4, GW6, Harness, checksums_ok, guest_port, make_conf
 
 SYN, ACK, FIN, RST = 0x02, 0x10, 0x01, 0x04
 

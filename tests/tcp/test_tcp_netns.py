@@ -3,9 +3,7 @@ by the daemon's tap) and real host peers in the daemon's private namespace."""
 from __future__ import annotations
 
 import os
-import socket
 import sys
-import time
 
 import pytest
 

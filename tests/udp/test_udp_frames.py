@@ -10,7 +10,7 @@ from scapy.layers.inet6 import IPv6
 
 from passtcore.run.udp import UdpEngine
 
-from tcp.harness import (GUEST4, GUEST6, GUEST_LL, GW4, GW6, Harness, checksums_ok, guest_port,
+from tcp.harness import (GUEST4, GUEST6, GW4, GW6, Harness, checksums_ok, guest_port,
                          make_conf)
 
 

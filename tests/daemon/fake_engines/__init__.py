@@ -1,0 +1,1 @@
+"""Engines for the dispatcher tests: ``arp`` records, ``udp`` raises, others absent."""

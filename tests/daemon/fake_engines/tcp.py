@@ -1,0 +1,1 @@
+raise ImportError("an engine under construction that does not import")

@@ -1,0 +1,7 @@
+def create(ctx):
+    return Broken()
+
+
+class Broken:
+    def handle(self, frame, info):
+        raise RuntimeError("engine bug")
