@@ -23,15 +23,15 @@ choosing ports and addresses therefore cannot aim many flows at one bucket
 
 *Buckets.*  Open addressing with linear probing over a power-of-two bucket
 array of at least ``capacity / 0.7`` slots (passt's 70 % load), so a probe
-always reaches an empty bucket.  Each bucket holds a flow index (-1 = empty)
-and the low 32 bits of the key's hash; the low bits give the home bucket and
-the whole word is a cheap filter before comparing keys.
+always reaches an empty bucket.  A bucket holds a flow index (-1 = empty);
+the kernel also keeps the low 32 bits of the key's hash in it (home bucket
+for the shifts, cheap filter before comparing keys).
 
 *Deletion: backward shift*, as in passt's flow table, not tombstones.  After
 emptying a bucket, the entries that follow it in the same cluster are moved
 back into the hole whenever the hole lies between their home bucket and their
-current bucket.  The table then stays exactly as if the removed key had never
-been inserted: lookups stop at the first empty bucket and stay correct,
+current bucket.  No trace of the removed key is left: lookups still stop at
+the first empty bucket and stay correct,
 probe lengths do not degrade with churn (a long-lived daemon adds and removes
 flows all the time, and tombstones would need periodic rehashing, a latency
 spike on the packet path), and there is no tombstone state to get wrong.

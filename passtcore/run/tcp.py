@@ -112,7 +112,7 @@ class Conn:
         "wnd_from_tap", "ws_from_tap", "ws_to_tap", "mss", "reading", "writing",
         "lowat", "dupacks", "retries", "last_progress", "last_activity", "created",
         "last_wnd", "fin_seq", "stalled_since", "peekoff", "held", "held_bytes", "recover", "ack_due",
-        "lowat_cap", "pend", "pend_bytes",
+        "lowat_cap", "pend", "pend_bytes", "sack", "sack_recent",
     )
 
     def __init__(self) -> None:
@@ -130,6 +130,8 @@ class Conn:
         self.ack_due = False
         self.pend: list[bytes] = []   # small in-order guest payloads of this loop pass
         self.pend_bytes = 0
+        self.sack = False        # guest and we agreed on SACK: held data is SACKed
+        self.sack_recent = -1
 
 
 class TcpEngine:
@@ -224,6 +226,8 @@ class TcpEngine:
         """Send one segment without payload."""
         if window is None:
             window = self._wnd_to_tap(c) if flags & ACK and not flags & SYN else 0xFFFF
+        if not options and c.sack and c.held and flags == ACK:
+            options = self._sack_options(c, c.sack_recent)
         c.last_wnd = window
         n = self.h.build_tcp(self.sbuf, 0, self.ctx.guest_mac, self.conf.our_mac, c.raddr,
                              c.gaddr, c.rport, c.gport,
@@ -240,9 +244,32 @@ class TcpEngine:
                              info.src, info.dport, info.sport, seq, ack, RST | ACK, 0, 0)
         self.ctx.to_guest(bytes(self.sbuf[:n]))
 
-    def _syn_options(self, c: Conn) -> bytes:
-        return (struct.pack("!BBH", 2, 4, min(self._our_mss(c), 0xFFFF)) + b"\x01"
+    def _syn_options(self, c: Conn, sack: bool = True) -> bytes:
+        """MSS, NOP, WS (passt's 8 bytes) and, if the guest can, NOP NOP SACK-permitted."""
+        opts = (struct.pack("!BBH", 2, 4, min(self._our_mss(c), 0xFFFF)) + b"\x01"
                 + struct.pack("!BBB", 3, 3, WS_OFFERED))
+        return opts + b"\x01\x01\x04\x02" if sack else opts
+
+    def _sack_options(self, c: Conn, recent: int = -1) -> bytes:
+        """SACK blocks (RFC 2018) for the held out-of-order data, newest block first."""
+        blocks: list[list[int]] = []
+        base = c.seq_from_tap
+        for seq, data, _fin in c.held or ():
+            if _d(seq, base) <= 0 or not data:
+                continue
+            end = (seq + len(data)) & _M32
+            if blocks and _d(seq, blocks[-1][1]) <= 0:
+                if _d(end, blocks[-1][1]) > 0:
+                    blocks[-1][1] = end
+            else:
+                blocks.append([seq, end])
+        if not blocks:
+            return b""
+        if recent >= 0:
+            blocks.sort(key=lambda b: 0 if _d(recent, b[0]) >= 0 and _d(b[1], recent) > 0 else 1)
+        blocks = blocks[:4]
+        return (b"\x01\x01" + struct.pack("!BB", 5, 2 + 8 * len(blocks))
+                + b"".join(struct.pack("!II", a, b) for a, b in blocks))
 
     def _set_reading(self, c: Conn, on: bool) -> None:
         if on != c.reading and c.sock is not None:
@@ -362,7 +389,7 @@ class TcpEngine:
         elif c.events & TAP_SYN_RCVD:
             if flags & SYN:
                 if c.events & TAP_SYN_ACK_SENT and info.tcp_seq == c.guest_isn:
-                    self._ctrl(c, SYN | ACK, seq=c.isn, options=self._syn_options(c),
+                    self._ctrl(c, SYN | ACK, seq=c.isn, options=self._syn_options(c, c.sack),
                                window=min(c.wnd_from_tap, 0xFFFF) or 0xFFFF)
                 # else: duplicate SYN while connect() pends: ignored
                 return
@@ -409,6 +436,7 @@ class TcpEngine:
         if info.tcp_wscale is not None and info.tcp_wscale >= 0:
             c.ws_from_tap = info.tcp_wscale if info.tcp_wscale <= 14 else 0
             c.ws_to_tap = WS_OFFERED
+        c.sack = bool(info.tcp_sack_ok)
         c.wnd_from_tap = max(info.tcp_window, 1)
         c.isn = self._isn(info.dst, info.sport, info.src, info.dport)
         c.seq_to_tap = c.seq_ack_from_tap = c.isn
@@ -464,7 +492,7 @@ class TcpEngine:
     def _syn_ack(self, c: Conn) -> None:
         c.events = TAP_SYN_RCVD | TAP_SYN_ACK_SENT
         c.last_progress = self._now()
-        self._ctrl(c, SYN | ACK, seq=c.isn, options=self._syn_options(c),
+        self._ctrl(c, SYN | ACK, seq=c.isn, options=self._syn_options(c, c.sack),
                    window=min(WINDOW_DEFAULT << 2, 0xFFFF))
         c.seq_to_tap = (c.isn + 1) & _M32
         c.seq_ack_from_tap = c.seq_to_tap
@@ -481,6 +509,7 @@ class TcpEngine:
         if info.tcp_wscale is not None and info.tcp_wscale >= 0:
             c.ws_from_tap = info.tcp_wscale if info.tcp_wscale <= 14 else 0
             c.ws_to_tap = WS_OFFERED
+        c.sack = bool(info.tcp_sack_ok)  # we offered it in our SYN
         c.wnd_from_tap = max(info.tcp_window, 1)  # SYN windows are unscaled
         c.events = ESTABLISHED
         c.last_progress = self._now()
@@ -622,6 +651,7 @@ class TcpEngine:
             # beyond a gap: held (bounded, never ACKed) until the gap is filled
             self._count("tcp_out_of_order")
             self._hold(c, info.tcp_seq, frame[info.payload_offset:info.payload_offset + plen], fin)
+            c.sack_recent = info.tcp_seq
             self._ctrl(c, ACK)  # duplicate ACK: the guest retransmits the gap
             return
         if off + plen < 0 or (off + plen == 0 and not fin) or (off + plen == 0 and off < 0):

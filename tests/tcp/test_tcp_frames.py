@@ -446,3 +446,30 @@ def test_out_of_order_data_is_held_until_the_gap_fills(h, server):
         data += conn.recv(100)
     assert data == b"hello world"
     conn.close()
+
+
+def test_sack_blocks_describe_held_data(h, server):
+    g = Guest(h, server.getsockname()[1])
+    g.send("S", options=[("MSS", 1460), ("SAckOK", b""), ("WScale", 7)])
+    got = h.wait_for(lambda p: g.mine(p))
+    synack = g.segs(got)[0]
+    assert "SAckOK" in dict(synack.options)       # offered back: the guest offered it
+    g.seq += 1
+    g.ack = synack.seq + 1
+    g.send("A")
+    conn = accept(server, h)
+    h.new()
+    g.send("PA", b"C" * 100, seq=g.seq + 200)
+    g.send("PA", b"B" * 100, seq=g.seq + 100)     # adjacent blocks merge
+    dup = g.segs(h.new())[-1]
+    assert dup.ack == g.seq
+    assert dict(dup.options)["SAck"] == (g.seq + 100, g.seq + 300)
+    g.send("PA", b"A" * 100)
+    got = g.segs(h.wait_for(lambda p: g.mine(p) and p[TCP].ack == g.seq + 300))
+    assert "SAck" not in dict(got[-1].options)
+    conn.settimeout(2)
+    data = b""
+    while len(data) < 300:
+        data += conn.recv(1000)
+    assert data == b"A" * 100 + b"B" * 100 + b"C" * 100
+    conn.close()
