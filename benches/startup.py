@@ -33,9 +33,10 @@ HERE = Path(__file__).resolve()
 def measure_startup(runs: int, plain: bool = False) -> list[float]:
     """Inside the host namespace: spawn -> socket connectable, in ms.
 
-    ``plain``: run the same entry point as a regular (non-editable) install would,
-    i.e. without site's processing of the editable-install finder (``-S`` with
-    site-packages and the source tree on PYTHONPATH)."""
+    ``plain``: the same entry point without any site processing (``python -S``
+    with site-packages and the source tree on PYTHONPATH): what start-up costs
+    when no .pth file or editable-install finder runs (a wheel install with a
+    lean site-packages)."""
     from passtcore.run.sandbox import daemon_binary
 
     cmd = [daemon_binary()]
@@ -128,7 +129,7 @@ def main() -> int:
         lines = dict(line.split(" ", 1) for line in r.stdout.splitlines())
         print(f"start-up, exec -> socket listening{' (SCHED_FIFO)' if args.rt else ''}: "
               f"{lines['startup_ms']}")
-        print(f"  same, without the editable-install finder in site (as a wheel install): "
+        print(f"  same entry point under `python -S` (no site/.pth processing): "
               f"{lines['plain_ms']}")
         print(f"  (bare `python -c pass` of this venv: {lines['interpreter_ms']})")
         print(f"  load average now: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")

@@ -30,8 +30,7 @@ __all__ = [
 
 
 cdef inline int _parse(const uint8_t* b, Py_ssize_t blen, int64_t off, int64_t ln, PInfo* i) noexcept nogil:
-    if ln == -1:
-        ln = blen - off
+    # no "-1 = to the end" here: every frame has an explicit length
     if off < 0 or ln < 0 or off > blen or ln > blen - off:
         return E_BAD_BOUNDS
     return p_frame(b, off, off + ln, i)
@@ -185,7 +184,7 @@ def rewrite_addresses(buf, offsets, lengths, src=None, dst=None):
                     skipped += 1
                     continue
                 # same as the twin: the IP header re-read up to the end of the frame
-                end = o[i] + (l[i] if l[i] != -1 else v.len - o[i])
+                end = o[i] + l[i]
                 if p_ip(b, info.l3_offset, end, &info) != E_OK:
                     skipped += 1
                     continue

@@ -9,12 +9,12 @@ end.  Buffers are taken through the buffer protocol (bytes, bytearray, numpy
 uint8, mmap, memoryview) with one ``PyObject_GetBuffer`` per call; the sum
 itself runs without the GIL for large buffers.
 """
-from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from passtcore._kern cimport (
     E_OK, PInfo, frame_ok, ip_l4_fill, p_frame, pc_csum, pc_fold, pc_force_scalar,
-    pc_update16, pc_update32, pc_update_bytes, pc_use_avx2,
+    pc_update16, pc_update32, pc_update_bytes, pc_use_avx2, wbuf,
 )
 from passtcore_py.headers import REASONS, ParseError
 
@@ -174,7 +174,7 @@ def fill_checksums(buf, Py_ssize_t offset=0, Py_ssize_t length=-1):
     cdef Py_buffer v
     cdef PInfo info
     cdef int rc
-    PyObject_GetBuffer(buf, &v, PyBUF_WRITABLE)
+    wbuf(buf, &v)  # TypeError for read-only buffers, like the twin
     try:
         if length == -1:
             length = v.len - offset
@@ -234,7 +234,11 @@ def has_avx2():
 
 
 def set_force_scalar(bint on):
-    """Force the scalar loop (benchmarks / differential tests); returns the previous setting."""
+    """Force the scalar loop (benchmarks / differential tests); returns the previous setting.
+
+    Affects this module's functions only (each kernel module has its own copy
+    of the summing code).
+    """
     global pc_force_scalar
     cdef bint prev = pc_force_scalar
     pc_force_scalar = 1 if on else 0

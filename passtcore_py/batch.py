@@ -5,7 +5,8 @@ Pure-Python twin of ``passtcore._batch`` (same names, same results).
 Design
 ------
 Frames live in one buffer (bytearray, numpy uint8 array, mmap, memoryview),
-described by two numpy ``int64`` arrays ``offsets`` and ``lengths``.  Each
+described by two numpy ``int64`` arrays ``offsets`` and ``lengths`` (explicit
+lengths: unlike the single-frame kernels, -1 does not mean "to the end").  Each
 operation runs over all N frames and reports per-frame results in numpy
 arrays rather than raising: a frame that is out of bounds or does not parse
 gets a non-zero ``status`` (``status = headers.reason_code(reason)``, i.e.
@@ -92,6 +93,8 @@ def _frames(offsets: Any, lengths: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _parse(buf: Any, off: int, ln: int) -> _h.FrameInfo | int:
+    if ln < 0:  # no "-1 = to the end" in batches: every frame has an explicit length
+        return _h.reason_code("bad-bounds")
     try:
         return _h.parse_frame(buf, int(off), int(ln))
     except _h.ParseError as e:
@@ -108,7 +111,7 @@ def verify_checksums(buf: Any, offsets: Any, lengths: Any, out_ok: np.ndarray) -
         raise ValueError("out_ok must have one entry per frame")
     bad = 0
     for i in range(len(offs)):
-        ok = bool(_csum.verify_frame(buf, int(offs[i]), int(lens[i])))
+        ok = lens[i] >= 0 and bool(_csum.verify_frame(buf, int(offs[i]), int(lens[i])))
         out_ok[i] = ok
         bad += not ok
     return bad
@@ -154,6 +157,9 @@ def fill_checksums(buf: Any, offsets: Any, lengths: Any) -> int:
     offs, lens = _frames(offsets, lengths)
     skipped = 0
     for i in range(len(offs)):
+        if lens[i] < 0:
+            skipped += 1
+            continue
         try:
             _csum.fill_checksums(buf, int(offs[i]), int(lens[i]))
         except _h.ParseError:

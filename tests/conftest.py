@@ -6,7 +6,9 @@
   ``passtcore-run --netns <guest> --ns-ifname eth0 -f`` running in the host
   namespace; the guest's ``eth0`` is a tap, up, with nothing configured: the
   test runs udhcpc/dhclient itself. ``served_guest.daemon`` is the handle
-  (``pid``, ``stop()``, ``counters()``, ``log_path``, ``log()``).
+  (``pid``, ``stop()``, ``counters()``, ``log_path``, ``log()``). What a DHCP
+  client's script writes to /etc/resolv.conf in the guest lands in
+  ``served_guest.guest_resolv_conf`` (bind-mounted), never the machine's file.
 - ``qemu_guest``: the same shape, but the daemon runs in socket mode in the
   host namespace and a real QEMU (``-netdev tap`` + ``-netdev stream`` joined by
   ``-netdev hubport``) relays between the guest's tap ``eth0`` and the socket.
@@ -105,8 +107,11 @@ def served_guest(serve_guest: Callable[..., Sandbox], request: pytest.FixtureReq
 
 def start_qemu(sb: Sandbox, socket_path: str, timeout: float = 20.0) -> subprocess.Popen[Any]:
     """QEMU in the guest netns relaying tap ``eth0`` <-> the daemon's stream socket."""
-    subprocess.run(["ip", "-n", sb.guest_ns, "tuntap", "add", "dev", "eth0", "mode", "tap"],
-                   check=True, capture_output=True, timeout=20)
+    exists = subprocess.run(["ip", "-n", sb.guest_ns, "link", "show", "eth0"],
+                            capture_output=True, timeout=20).returncode == 0
+    if not exists:  # a persistent tap: it outlives a QEMU, the next one reuses it
+        subprocess.run(["ip", "-n", sb.guest_ns, "tuntap", "add", "dev", "eth0", "mode", "tap"],
+                       check=True, capture_output=True, timeout=20)
     subprocess.run(["ip", "-n", sb.guest_ns, "link", "set", "eth0", "up"],
                    check=True, capture_output=True, timeout=20)
     qemu_log = sb.path("qemu.log")

@@ -7,7 +7,7 @@ link-local address. The IPv4 prefix is widened until the gateway is on-link.
 DNS servers and the search list come from resolv.conf, read once; loopback
 resolvers are replaced by the gateway address (the gateway mapping makes them
 reachable), or dropped with ``--no-map-gw``. Netlink goes through pyroute2,
-imported here lazily because the start-up path must stay light.
+in a forked helper: the start-up path must stay light and the daemon small.
 """
 from __future__ import annotations
 
@@ -170,14 +170,24 @@ def _host_family(ipr: Any, family: int, ifname: str | None) -> dict[str, Any]:
 
 
 def host_defaults(opts: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Netlink facts of the current namespace: (IPv4 dict, IPv6 dict)."""
+    """Netlink facts of the current namespace: (IPv4 dict, IPv6 dict).
+
+    Queried in a forked helper (``helper.run_in_child``) so that pyroute2 is never
+    imported by the long-lived daemon."""
+    from passtcore.run.helper import run_in_child
+
+    if4 = opts.interface or opts.outbound_if4
+    if6 = opts.interface or opts.outbound_if6
+    return run_in_child(_query_host, if4, if6, opts.ipv4_only, opts.ipv6_only)
+
+
+def _query_host(if4: str | None, if6: str | None, v4_only: bool, v6_only: bool
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
-        if4 = opts.interface or opts.outbound_if4
-        if6 = opts.interface or opts.outbound_if6
-        h4 = {} if opts.ipv6_only else _host_family(ipr, socket.AF_INET, if4)
-        h6 = {} if opts.ipv4_only else _host_family(ipr, socket.AF_INET6, if6)
+        h4 = {} if v6_only else _host_family(ipr, socket.AF_INET, if4)
+        h6 = {} if v4_only else _host_family(ipr, socket.AF_INET6, if6)
     return h4, h6
 
 

@@ -250,11 +250,21 @@ def _make_frontend(opts: Any, cfg: Any, early: tuple[Any, str] | None, loop: Any
             raise FatalError(f"-F/--fd: {exc.strerror or exc}") from None
     if opts.namespace_mode:
         ifname = opts.ns_ifname or cfg.ifname4 or cfg.ifname6 or "tap0"
+        from passtcore.run.helper import run_in_child
+
         try:
-            fd = fe.in_netns(opts.netns, lambda: _setup_tap(ifname, opts, cfg))
+            fd = fe.in_netns(opts.netns, lambda: fe.open_tap(ifname))
         except OSError as exc:
-            raise FatalError(f"--netns: can't set up tap {ifname} in {opts.netns}: "
+            raise FatalError(f"--netns: can't open tap {ifname} in {opts.netns}: "
                              f"{exc.strerror or exc}") from None
+        try:
+            # netlink in a forked helper: pyroute2 never loads in the daemon itself.
+            run_in_child(_configure_tap, opts.netns, ifname, opts.ns_mac_addr,
+                         opts.config_net, cfg)
+        except Exception as exc:
+            os.close(fd)
+            raise FatalError(f"--netns: can't configure tap {ifname} in {opts.netns}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
         log.info("Serving tap %s in namespace %s", ifname, opts.netns)
         return fe.TapFrontend(fd, loop, counters, on_frame)
     assert early is not None
@@ -267,46 +277,45 @@ def _make_frontend(opts: Any, cfg: Any, early: tuple[Any, str] | None, loop: Any
     return fe.StreamFrontend(sock, loop, counters, on_frame, one_off=opts.one_off)
 
 
-def _setup_tap(ifname: str, opts: Any, cfg: Any) -> int:
-    """In the target netns: open the tap, set its MAC/MTU/addresses if asked, link up."""
+def _configure_tap(netns_path: str, ifname: str, mac: bytes | None, config_net: bool,
+                   cfg: Any) -> None:
+    """In a forked, single-threaded helper: enter the target netns, set the tap's MAC,
+    bring lo and the tap up and, with --config-net, set MTU, addresses and routes."""
     import ipaddress
 
     from pyroute2 import IPRoute
 
-    from passtcore.run.frontend import open_tap
+    from passtcore import netns
 
-    fd = open_tap(ifname)
-    try:
-        with IPRoute() as ipr:
-            idx = ipr.link_lookup(ifname=ifname)[0]
-            if opts.ns_mac_addr:
-                ipr.link("set", index=idx, address=":".join(f"{b:02x}" for b in opts.ns_mac_addr))
-            lo = ipr.link_lookup(ifname="lo")
-            if lo:
-                ipr.link("set", index=lo[0], state="up")
-            if opts.config_net:
-                if cfg.mtu:
-                    ipr.link("set", index=idx, mtu=cfg.mtu)
-                if cfg.v6:
-                    # Like pasta: no DAD on the tap, the address is ours by construction.
-                    try:
-                        with open(f"/proc/sys/net/ipv6/conf/{ifname}/accept_dad", "w") as f:
-                            f.write("0")
-                    except OSError:
-                        pass
-            ipr.link("set", index=idx, state="up")
-            if opts.config_net:
-                if cfg.v4:
-                    ipr.addr("add", index=idx, address=str(ipaddress.ip_address(cfg.addr4)),
-                             prefixlen=cfg.prefix4)
-                    ipr.route("add", dst="0.0.0.0/0", gateway=str(ipaddress.ip_address(cfg.gw4)),
-                              oif=idx)
-                if cfg.v6:
-                    ipr.addr("add", index=idx, address=str(ipaddress.ip_address(cfg.addr6)),
-                             prefixlen=cfg.prefix6, flags=0x02)  # IFA_F_NODAD
-                    ipr.route("add", dst="::/0", family=socket.AF_INET6,
-                              gateway=str(ipaddress.ip_address(cfg.gw6_ll)), oif=idx)
-    except Exception:
-        os.close(fd)
-        raise
-    return fd
+    nsfd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    netns.setns(nsfd)
+    os.close(nsfd)
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        if mac:
+            ipr.link("set", index=idx, address=":".join(f"{b:02x}" for b in mac))
+        lo = ipr.link_lookup(ifname="lo")
+        if lo:
+            ipr.link("set", index=lo[0], state="up")
+        if config_net:
+            if cfg.mtu:
+                ipr.link("set", index=idx, mtu=cfg.mtu)
+            if cfg.v6:
+                # Like pasta: no DAD on the tap, the address is ours by construction.
+                try:
+                    with open(f"/proc/sys/net/ipv6/conf/{ifname}/accept_dad", "w") as f:
+                        f.write("0")
+                except OSError:
+                    pass
+        ipr.link("set", index=idx, state="up")
+        if config_net:
+            if cfg.v4:
+                ipr.addr("add", index=idx, address=str(ipaddress.ip_address(cfg.addr4)),
+                         prefixlen=cfg.prefix4)
+                ipr.route("add", dst="0.0.0.0/0", gateway=str(ipaddress.ip_address(cfg.gw4)),
+                          oif=idx)
+            if cfg.v6:
+                ipr.addr("add", index=idx, address=str(ipaddress.ip_address(cfg.addr6)),
+                         prefixlen=cfg.prefix6, flags=0x02)  # IFA_F_NODAD
+                ipr.route("add", dst="::/0", family=socket.AF_INET6,
+                          gateway=str(ipaddress.ip_address(cfg.gw6_ll)), oif=idx)

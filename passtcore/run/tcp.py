@@ -81,6 +81,7 @@ WS_OFFERED = 8
 SYN_TIMEOUT = 10.0
 ACK_TIMEOUT = 2.0
 MAX_RETRANS = 7
+RTO_MIN = 0.25              # first retransmission timeout (then doubling, up to ACK_TIMEOUT)
 FIN_TIMEOUT = 60.0
 ACT_TIMEOUT = 7200.0
 NSLOTS = 64                 # frames per host->guest batch
@@ -93,6 +94,7 @@ SOCK_BUF = 0x3FFFFFFF       # INT_MAX/2 like passt: the kernel caps it at [rw]me
 ACCEPT_BATCH = 64
 HOLD_MAX = MAX_WINDOW       # guest data held per connection (out of order / socket full)
 HOLD_TOTAL = 256 << 20      # ... and in total
+WND_FRAMES = 128            # window cap in guest segments (see _wnd_to_tap)
 COALESCE_MAX = 32768        # guest segments smaller than this are batched into one sendmsg
 
 _M32 = 0xFFFFFFFF
@@ -155,6 +157,8 @@ class TcpEngine:
         self.held_total = 0
         self._ack_queue: list[Conn] = []
         self._ack_scheduled = False
+        self.inflight: set[Conn] = set()   # data or FIN sent, not yet acknowledged
+        ctx.loop.call_every(RTO_MIN / 2, self._rto_scan)
         self.disabled = bool(getattr(conf, "no_tcp", False))
         if not self.disabled:
             specs = fwd.conf_specs(conf, "tcp")
@@ -218,7 +222,9 @@ class TcpEngine:
             free = WINDOW_DEFAULT
         if not c.events & ESTABLISHED:
             free = max(free, WINDOW_DEFAULT)
-        free = max(0, min(free, MAX_WINDOW))
+        # at most WND_FRAMES segments in flight: the guest's tap/NIC queue (1000
+        # frames by default) must not overflow when several flows are busy
+        free = max(0, min(free, MAX_WINDOW, WND_FRAMES * c.mss))
         return min(free >> c.ws_to_tap, 0xFFFF)
 
     def _ctrl(self, c: Conn, flags: int, seq: int | None = None, options: bytes = b"",
@@ -329,6 +335,7 @@ class TcpEngine:
         if c.events & CLOSED:
             return
         c.events = CLOSED
+        self.inflight.discard(c)
         c.pend, c.pend_bytes = [], 0
         if c.held:
             self.held_total -= c.held_bytes
@@ -353,6 +360,8 @@ class TcpEngine:
         """RST to the guest and drop the connection."""
         if c.events & (ESTABLISHED | TAP_SYN_ACK_SENT | SOCK_ACCEPTED):
             self._ctrl(c, RST | ACK, window=0)
+        elif c.events & TAP_SYN_RCVD:  # connect() still pending: fail the guest's connect
+            self._ctrl(c, RST | ACK, seq=0, window=0)
         self._count("tcp_rst_to_guest")
         self._free(c, abort=abort_host)
 
@@ -512,6 +521,7 @@ class TcpEngine:
         c.sack = bool(info.tcp_sack_ok)  # we offered it in our SYN
         c.wnd_from_tap = max(info.tcp_window, 1)  # SYN windows are unscaled
         c.events = ESTABLISHED
+        c.retries = 0
         c.last_progress = self._now()
         self._ctrl(c, ACK)
         self._push(c)
@@ -871,6 +881,7 @@ class TcpEngine:
             if not outstanding:
                 c.last_progress = self._now()
             c.seq_to_tap = seq
+            self.inflight.add(c)
             self.ctx.to_guest_many(frames)
             self._count("tcp_segments_to_guest", len(frames))
             outstanding += got
@@ -880,6 +891,7 @@ class TcpEngine:
             self._ctrl(c, FIN | ACK)
             c.seq_to_tap = (c.seq_to_tap + 1) & _M32
             c.events |= TAP_FIN_SENT
+            self.inflight.add(c)
             self._set_reading(c, False)
             return
         if c.wnd_from_tap - outstanding <= 0:
@@ -908,6 +920,13 @@ class TcpEngine:
                 return
             except OSError as exc:
                 log.warning("tcp: accept: %s", exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # out of descriptors: the listener would stay readable and spin
+                    fd = lsock.fileno()
+                    ctx.loop.remove_reader(fd)
+                    ctx.loop.call_later(1.0, lambda: lsock.fileno() >= 0 and ctx.loop.add_reader(
+                        fd, lambda: self._on_accept(lsock, fw)))
+                    self._count("tcp_accept_errors")
                 return
             s.setblocking(False)
             src = fwd.peer_bytes(s.family, peer)
@@ -930,6 +949,7 @@ class TcpEngine:
                 pass
             self._ctrl(c, SYN, seq=c.isn, options=self._syn_options(c), window=0xFFFF)
             c.seq_to_tap = c.seq_ack_from_tap = (c.isn + 1) & _M32
+            self.inflight.add(c)  # the SYN is retransmitted until the guest answers
             self._count("tcp_accepted")
 
     # -- timers ----------------------------------------------------------------
@@ -950,20 +970,41 @@ class TcpEngine:
                 self._count("tcp_idle_timeouts")
                 self._reset(c)
                 continue
-            outstanding = _d(c.seq_to_tap, c.seq_ack_from_tap)
-            if outstanding > 0 and now - c.last_progress >= ACK_TIMEOUT:
-                c.retries += 1
-                if c.retries > MAX_RETRANS:
-                    self._count("tcp_retransmit_timeouts")
-                    self._reset(c)
-                    continue
-                c.last_progress = now
-                self._count("tcp_retransmits")
-                self._rewind(c)
-            elif outstanding == 0 and c.stalled_since and now - c.stalled_since >= ACK_TIMEOUT:
+            if c.stalled_since and c.seq_to_tap == c.seq_ack_from_tap \
+                    and now - c.stalled_since >= ACK_TIMEOUT:
                 # zero window: probe so that a lost window update is repeated
                 c.stalled_since = now
                 self._ctrl(c, ACK, seq=(c.seq_to_tap - 1) & _M32)
+        self._rto_scan(now)
+
+    def _rto_scan(self, now: float | None = None) -> None:
+        """Retransmission timeouts of connections with data in flight to the guest.
+
+        RTO_MIN doubling up to ACK_TIMEOUT (passt: a flat 2 s); after MAX_RETRANS
+        timeouts without progress, RST. Only connections in ``inflight`` are looked at.
+        """
+        if now is None:
+            now = self._now()
+        for c in list(self.inflight):
+            if c.events & SOCK_ACCEPTED:  # our SYN to the guest, unanswered
+                if now - c.last_progress >= min(RTO_MIN * (1 << c.retries), ACK_TIMEOUT):
+                    c.retries += 1
+                    c.last_progress = now
+                    self._ctrl(c, SYN, seq=c.isn, options=self._syn_options(c), window=0xFFFF)
+                continue
+            if c.events & CLOSED or c.seq_to_tap == c.seq_ack_from_tap:
+                self.inflight.discard(c)
+                continue
+            if now - c.last_progress < min(RTO_MIN * (1 << c.retries), ACK_TIMEOUT):
+                continue
+            c.retries += 1
+            if c.retries > MAX_RETRANS:
+                self._count("tcp_retransmit_timeouts")
+                self._reset(c)
+                continue
+            c.last_progress = now
+            self._count("tcp_retransmits")
+            self._rewind(c)
 
     def close(self) -> None:
         for c in list(self.conns.values()):

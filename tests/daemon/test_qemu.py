@@ -48,3 +48,24 @@ def test_dhcp_lease_through_qemu(qemu_guest: Sandbox) -> None:
     addrs = sb.guest("ip", "-4", "addr", "show", "eth0").stdout
     assert f"inet {sb.host_addr4}/24" in addrs
     assert f"default via {sb.gw4}" in sb.guest("ip", "-4", "route").stdout
+
+
+def test_next_qemu_is_served_without_one_off(qemu_guest: Sandbox) -> None:
+    from tests.conftest import start_qemu
+
+    sb = qemu_guest
+    os.kill(sb.qemu.pid, signal.SIGTERM)
+    sb.qemu.wait(10)
+    import time
+
+    deadline = time.monotonic() + 10
+    while "waiting for a new one" not in sb.daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sb.daemon.alive()
+    q2 = start_qemu(sb, sb.daemon.socket_path)
+    while sb.daemon.log().count("accepted connection from PID") < 2:
+        assert time.monotonic() < deadline + 10 and q2.poll() is None
+        time.sleep(0.05)
+    r = sb.guest("busybox", "arping", "-c", "1", "-w", "5", "-I", "eth0", sb.gw4, check=False)
+    assert r.returncode == 0, r.stdout
+    assert sb.daemon.counters()["clients"] == 2

@@ -85,13 +85,15 @@ def test_classify_matches_single_frame_parse(batch):
 
 def test_bounds_are_status_not_crash(batch):
     buf, offs, lens = pack([frame_bytes("udp4")])
-    offs = np.array([offs[0], -5, len(buf) - 4, 0], np.int64)
-    lens = np.array([lens[0], 10, 100, 10**9], np.int64)
+    offs = np.array([offs[0], -5, len(buf) - 4, 0, offs[0]], np.int64)
+    lens = np.array([lens[0], 10, 100, 10**9, -1], np.int64)
     c = batch.classify(buf, offs, lens)
-    assert c.status.tolist() == [0] + [py_headers.reason_code("bad-bounds")] * 3
-    ok = np.ones(4, bool)
-    assert batch.verify_checksums(buf, offs, lens, ok) == 3
-    assert batch.fill_checksums(buf, offs, lens) == 3
+    assert c.status.tolist() == [0] + [py_headers.reason_code("bad-bounds")] * 4
+    ok = np.ones(5, bool)
+    assert batch.verify_checksums(buf, offs, lens, ok) == 4
+    assert batch.fill_checksums(buf, offs, lens) == 4
+    assert batch.rewrite_addresses(buf, offs, lens, src=b"\1\2\3\4") == 4
+    assert batch.set_tcp_ack_window(buf, offs, lens, ack=1) == 5  # and the UDP frame is not TCP
     with pytest.raises(ValueError):
         batch.classify(buf, offs, lens[:2])
 

@@ -247,3 +247,11 @@ def test_padding_not_summed(csum):
     assert csum.verify_frame(padded)
     csum.fill_checksums(padded)
     assert padded[: len(frame)] == frame
+
+
+def test_fill_read_only_rejected(csum):
+    frame = frame_bytes("udp4")
+    with pytest.raises(TypeError):
+        csum.fill_checksums(frame)
+    with pytest.raises(TypeError):
+        csum.fill_checksums(memoryview(bytearray(frame)).toreadonly())

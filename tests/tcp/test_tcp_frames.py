@@ -323,9 +323,11 @@ def test_duplicate_syn_during_connect_is_ignored(h):
         h.pump(0.05)
         assert not g.segs(h.new())
         assert h.engine.stats()["connections"] == 1
-        # handshake timeout (10 s) ends it
+        # handshake timeout (10 s) ends it: the guest's connect() fails
         h.engine.tick(time.monotonic() + 11)
         assert h.engine.stats()["connections"] == 0
+        rst = g.segs(h.new())
+        assert rst and rst[0].flags & RST and rst[0].ack == g.seq + 1
     finally:
         for c in fillers:
             c.close()
@@ -473,3 +475,90 @@ def test_sack_blocks_describe_held_data(h, server):
         data += conn.recv(1000)
     assert data == b"A" * 100 + b"B" * 100 + b"C" * 100
     conn.close()
+
+
+def test_fin_out_of_order_is_applied_after_the_gap(h, server):
+    g = Guest(h, server.getsockname()[1])
+    g.connect()
+    conn = accept(server, h)
+    g.send("FA", b"tail", seq=g.seq + 4)   # FIN with data, before the first bytes
+    g.send("PA", b"head")
+    h.wait_for(lambda p: g.mine(p) and p[TCP].ack == g.seq + 9)  # 8 bytes + FIN
+    conn.settimeout(2)
+    data = b""
+    while (chunk := conn.recv(100)):
+        data += chunk
+    assert data == b"headtail"             # then EOF
+    conn.close()
+
+
+def test_full_host_socket_shrinks_window_and_loses_nothing(h, server):
+    """The host reader stalls: the guest is ACKed only for what the socket took and
+    sees the window close; once the reader drains, everything arrives, in order."""
+    g = Guest(h, server.getsockname()[1])
+    g.send("S", options=[("MSS", 65000), ("WScale", 7)])
+    synack = g.segs(h.wait_for(lambda p: g.mine(p)))[0]
+    g.seq += 1
+    g.ack = synack.seq + 1
+    g.send("A")
+    conn = accept(server, h)
+    conn.setblocking(False)
+    blob = bytes(range(256)) * (64 * 1024)            # 16 MiB: more than the buffers
+    base = acked = sent = g.seq
+    wnd = 65535 << 8
+    end = base + len(blob)
+    received = bytearray()
+    reading = False
+    min_wnd = wnd
+    deadline = time.monotonic() + 60
+    while acked != end and time.monotonic() < deadline:
+        while sent < min(acked + wnd, end):          # a guest honouring our window
+            n = min(60000, end - sent, acked + wnd - sent)
+            g.send("A", blob[sent - base:sent - base + n], seq=sent)
+            sent += n
+        h.pump(0.002)
+        progress = False
+        for seg in g.segs(h.new()):
+            if seg.ack - acked > 0:
+                acked, progress = seg.ack, True
+            if seg.ack == acked:
+                wnd = seg.window << 8
+        min_wnd = min(min_wnd, wnd)
+        if not progress and sent != acked:
+            sent = acked                              # what was not taken is re-sent
+        if not reading and (min_wnd < 65536 or sent == end):
+            reading = True                            # the host reader wakes up
+        while reading:
+            try:
+                chunk = conn.recv(1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    assert acked == end
+    assert min_wnd < 65536, "the window never closed while the host reader stalled"
+    conn.setblocking(True)
+    conn.settimeout(5)
+    while len(received) < len(blob):
+        received += conn.recv(1 << 20)
+    assert bytes(received) == blob
+    conn.close()
+
+
+def test_syn_to_guest_is_retransmitted():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    h = Harness(TcpEngine, make_conf(tcp_ports=[f"127.0.0.1/{port}"]))
+    client = socket.socket()
+    try:
+        client.settimeout(2)
+        client.connect(("127.0.0.1", port))
+        first = [p for p in h.wait_for(lambda p: TCP in p and p[TCP].flags & SYN) if TCP in p]
+        h.pump(0.4)  # the first retransmission timeout is 0.25 s
+        again = [p for p in h.new() if TCP in p and p[TCP].flags & SYN]
+        assert again and again[0][TCP].seq == first[0][TCP].seq
+    finally:
+        client.close()
+        h.close()

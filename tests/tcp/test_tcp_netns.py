@@ -211,3 +211,21 @@ def test_guest_readdressing_keeps_working():
             peer_srv.wait()
     finally:
         w.close()
+
+
+def test_no_map_gw_reaches_the_real_gateway():
+    _need_root()
+    w = World("--no-map-gw")
+    try:
+        # the sandbox's upstream namespace owns the gateway address: the real router
+        up = w.server("upstream", "peer-server", w.gw4, "8010")
+        lo = w.server("host", "peer-server", "127.0.0.1", "8010")
+        try:
+            peer, _, local = w.run("guest", "line-client", w.gw4, "8010").split()
+            assert local == w.gw4 and peer == w.sb.host_addr4  # the host's address: SNAT
+        finally:
+            for p in (up, lo):
+                p.kill()
+                p.wait()
+    finally:
+        w.close()

@@ -55,8 +55,9 @@ class World:
 
     # -- processes ----------------------------------------------------------
     def server(self, where: str, *args: Any, timeout: float = 10) -> subprocess.Popen[str]:
-        """Start ``peers.py`` in ``where`` ("host"/"guest") and wait for READY."""
-        popen = self.sb.popen_host if where == "host" else self.sb.popen_guest
+        """Start ``peers.py`` in ``where`` ("host"/"guest"/"upstream"), wait for READY."""
+        popen = {"host": self.sb.popen_host, "guest": self.sb.popen_guest,
+                 "upstream": self.sb.popen_upstream}[where]
         p = popen(sys.executable, PEERS, *args, stdout=subprocess.PIPE, text=True)
         line = p.stdout.readline() if p.stdout else ""
         if line.strip() != "READY":
