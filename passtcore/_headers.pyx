@@ -198,21 +198,72 @@ cdef inline int _raise(int rc) except -1:
     raise ParseError(REASONS[rc - 1])
 
 
-def parse_frame(buf, Py_ssize_t offset=0, Py_ssize_t length=-1):
-    """Parse the Ethernet frame at ``buf[offset:offset+length]`` down to L4."""
+# The layers one parse call can start from: parse_frame and the single-layer
+# parsers all go through _parse_layer, which only differs per layer in the
+# nogil parser it runs and the _fill_* helper that copies the result out.
+cdef enum Layer:
+    L_FRAME, L_ETH, L_ARP, L_IPV4, L_IPV6, L_TCP, L_TCP_OPTIONS, L_UDP, L_ICMP
+
+
+cdef inline int _run(Layer layer, const uint8_t* b, Py_ssize_t off, Py_ssize_t end, PInfo* i,
+                     int ip_version) noexcept nogil:
+    if layer == L_FRAME:
+        return p_frame(b, off, end, i)      # initialises i itself
+    pinfo_init(i)
+    if layer == L_ETH:
+        return p_ethernet(b, off, end, i)
+    if layer == L_ARP:
+        return p_arp(b, off, end, i)
+    if layer == L_IPV4:
+        return p_ipv4(b, off, end, i)
+    if layer == L_IPV6:
+        return p_ipv6(b, off, end, i)
+    if layer == L_TCP:
+        return p_tcp(b, off, end, i)
+    if layer == L_TCP_OPTIONS:
+        return p_tcp_options(b, off, end, i)
+    if layer == L_UDP:
+        return p_udp(b, off, end, i)
+    return p_icmp(b, off, end, i, ip_version)
+
+
+cdef FrameInfo _parse_layer(Layer layer, object buf, Py_ssize_t offset, Py_ssize_t length,
+                            FrameInfo f, PInfo* i, int ip_version=4):
+    """Acquire ``buf``, parse ``layer`` in the checked window into ``*i`` (ParseError on
+    failure) and copy the layer's fields into ``f``; returns ``f`` (for L_FRAME a new
+    FrameInfo; L_TCP_OPTIONS fills nothing: the caller reads ``*i``)."""
     cdef Py_buffer v
-    cdef PInfo i
+    cdef const uint8_t* b
     cdef int rc
-    cdef Py_ssize_t end
     PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
     try:
-        end = _window(&v, offset, length)
-        rc = p_frame(<const uint8_t*>v.buf, offset, end, &i)
+        b = <const uint8_t*>v.buf
+        rc = _run(layer, b, offset, _window(&v, offset, length), i, ip_version)
         if rc:
             _raise(rc)
-        return _fill_all(<const uint8_t*>v.buf, &i)
+        if layer == L_FRAME:
+            f = _fill_all(b, i)
+        elif layer == L_ETH:
+            _fill_eth(f, b, i)
+        elif layer == L_ARP:
+            _fill_arp(f, b, i)
+        elif layer == L_IPV4 or layer == L_IPV6:
+            _fill_ip(f, b, i)
+        elif layer == L_TCP:
+            _fill_tcp(f, i)
+        elif layer == L_UDP:
+            _fill_l4(f, i)
+        elif layer == L_ICMP:
+            _fill_icmp(f, i)
     finally:
         PyBuffer_Release(&v)
+    return f
+
+
+def parse_frame(buf, Py_ssize_t offset=0, Py_ssize_t length=-1):
+    """Parse the Ethernet frame at ``buf[offset:offset+length]`` down to L4."""
+    cdef PInfo i
+    return _parse_layer(L_FRAME, buf, offset, length, None, &i)
 
 
 cdef inline FrameInfo _info(object info):
@@ -223,144 +274,51 @@ cdef inline FrameInfo _info(object info):
 
 def parse_ethernet(buf, Py_ssize_t offset=0, Py_ssize_t length=-1, info=None):
     """Ethernet header (+ one 802.1Q / 802.1ad tag): MACs, ethertype, vlan, l3_offset."""
-    cdef Py_buffer v
     cdef PInfo i
-    cdef int rc
-    cdef FrameInfo f = _info(info)
-    PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
-    try:
-        pinfo_init(&i)
-        rc = p_ethernet(<const uint8_t*>v.buf, offset, _window(&v, offset, length), &i)
-        if rc:
-            _raise(rc)
-        _fill_eth(f, <const uint8_t*>v.buf, &i)
-    finally:
-        PyBuffer_Release(&v)
-    return f
+    return _parse_layer(L_ETH, buf, offset, length, _info(info), &i)
 
 
 def parse_arp(buf, Py_ssize_t offset=0, Py_ssize_t length=-1, info=None):
     """ARP for Ethernet/IPv4 at ``offset`` (the L3 offset)."""
-    cdef Py_buffer v
     cdef PInfo i
-    cdef int rc
-    cdef FrameInfo f = _info(info)
-    PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
-    try:
-        pinfo_init(&i)
-        rc = p_arp(<const uint8_t*>v.buf, offset, _window(&v, offset, length), &i)
-        if rc:
-            _raise(rc)
-        _fill_arp(f, <const uint8_t*>v.buf, &i)
-    finally:
-        PyBuffer_Release(&v)
-    return f
+    return _parse_layer(L_ARP, buf, offset, length, _info(info), &i)
 
 
 def parse_ipv4(buf, Py_ssize_t offset=0, Py_ssize_t length=-1, info=None):
     """IPv4 header at ``offset``: addresses, TTL, total length, fragment flag, L4 location."""
-    cdef Py_buffer v
     cdef PInfo i
-    cdef int rc
-    cdef FrameInfo f = _info(info)
-    PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
-    try:
-        pinfo_init(&i)
-        rc = p_ipv4(<const uint8_t*>v.buf, offset, _window(&v, offset, length), &i)
-        if rc:
-            _raise(rc)
-        _fill_ip(f, <const uint8_t*>v.buf, &i)
-    finally:
-        PyBuffer_Release(&v)
-    return f
+    return _parse_layer(L_IPV4, buf, offset, length, _info(info), &i)
 
 
 def parse_ipv6(buf, Py_ssize_t offset=0, Py_ssize_t length=-1, info=None):
     """IPv6 header at ``offset``, extension headers walked (bounded) to the L4 header."""
-    cdef Py_buffer v
     cdef PInfo i
-    cdef int rc
-    cdef FrameInfo f = _info(info)
-    PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
-    try:
-        pinfo_init(&i)
-        rc = p_ipv6(<const uint8_t*>v.buf, offset, _window(&v, offset, length), &i)
-        if rc:
-            _raise(rc)
-        _fill_ip(f, <const uint8_t*>v.buf, &i)
-    finally:
-        PyBuffer_Release(&v)
-    return f
+    return _parse_layer(L_IPV6, buf, offset, length, _info(info), &i)
 
 
 def parse_tcp_options(buf, Py_ssize_t offset, Py_ssize_t length):
     """TCP options in ``buf[offset:offset+length]`` -> (mss, wscale, sack_ok, ts_val, ts_ecr)."""
-    cdef Py_buffer v
     cdef PInfo i
-    cdef int rc
-    PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
-    try:
-        pinfo_init(&i)
-        rc = p_tcp_options(<const uint8_t*>v.buf, offset, _window(&v, offset, length), &i)
-        if rc:
-            _raise(rc)
-    finally:
-        PyBuffer_Release(&v)
+    _parse_layer(L_TCP_OPTIONS, buf, offset, length, None, &i)
     return i.tcp_mss, i.tcp_wscale, bool(i.tcp_sack_ok), i.tcp_ts_val, i.tcp_ts_ecr
 
 
 def parse_tcp(buf, Py_ssize_t offset, Py_ssize_t length=-1, info=None):
     """TCP header of the segment ``buf[offset:offset+length]`` (length = L4 length)."""
-    cdef Py_buffer v
     cdef PInfo i
-    cdef int rc
-    cdef FrameInfo f = _info(info)
-    PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
-    try:
-        pinfo_init(&i)
-        rc = p_tcp(<const uint8_t*>v.buf, offset, _window(&v, offset, length), &i)
-        if rc:
-            _raise(rc)
-        _fill_tcp(f, &i)
-    finally:
-        PyBuffer_Release(&v)
-    return f
+    return _parse_layer(L_TCP, buf, offset, length, _info(info), &i)
 
 
 def parse_udp(buf, Py_ssize_t offset, Py_ssize_t length=-1, info=None):
     """UDP header; the datagram is trimmed to the UDP length field."""
-    cdef Py_buffer v
     cdef PInfo i
-    cdef int rc
-    cdef FrameInfo f = _info(info)
-    PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
-    try:
-        pinfo_init(&i)
-        rc = p_udp(<const uint8_t*>v.buf, offset, _window(&v, offset, length), &i)
-        if rc:
-            _raise(rc)
-        _fill_l4(f, &i)
-    finally:
-        PyBuffer_Release(&v)
-    return f
+    return _parse_layer(L_UDP, buf, offset, length, _info(info), &i)
 
 
 def parse_icmp(buf, Py_ssize_t offset, Py_ssize_t length=-1, info=None, int ip_version=4):
     """ICMP (``ip_version=4``) or ICMPv6 (6) header; echo id goes to ``sport`` too."""
-    cdef Py_buffer v
     cdef PInfo i
-    cdef int rc
-    cdef FrameInfo f = _info(info)
-    PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
-    try:
-        pinfo_init(&i)
-        rc = p_icmp(<const uint8_t*>v.buf, offset, _window(&v, offset, length), &i, ip_version)
-        if rc:
-            _raise(rc)
-        _fill_icmp(f, &i)
-    finally:
-        PyBuffer_Release(&v)
-    return f
+    return _parse_layer(L_ICMP, buf, offset, length, _info(info), &i, ip_version)
 
 
 # -- in-place rewrites ------------------------------------------------------------------

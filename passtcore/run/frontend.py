@@ -49,6 +49,20 @@ _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.E
 OnFrame = Callable[[memoryview], Any]
 
 
+def deliver(on_frame: OnFrame, frame: memoryview, counters: Counters) -> None:
+    """Hand one frame (a view into the receive buffer) to the handler. A handler
+    error is counted and the stream goes on: reading state is never left behind."""
+    try:
+        on_frame(frame)
+    except Exception:
+        counters.drop("handler-error")
+        log.warning("frame handler failed", exc_info=True)
+    try:
+        frame.release()
+    except BufferError:
+        pass  # a handler kept a buffer export of the view: it must copy (engine bug)
+
+
 def peer_pid(sock: socket.socket) -> int:
     try:
         cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -135,10 +149,7 @@ class StreamConnection:
             frame = view[start:start + length]
             start += length
             counters.frame_in(length)
-            try:
-                self.on_frame(frame)
-            finally:
-                frame.release()
+            deliver(self.on_frame, frame, counters)
             if self.closed:
                 return
         if start == end:
@@ -447,11 +458,7 @@ class TapFrontend:
                 counters.drop("runt-frame")
                 continue
             counters.frame_in(n)
-            frame = view[:n]
-            try:
-                self.on_frame(frame)
-            finally:
-                frame.release()
+            deliver(self.on_frame, view[:n], counters)
 
     def send(self, frame: Any) -> bool:
         if self.closed:

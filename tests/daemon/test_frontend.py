@@ -214,3 +214,33 @@ def test_tap_frontend_roundtrip_over_a_pipe_like_socketpair() -> None:
         fe.close()
         b.close()
         loop.close()
+
+
+def test_a_failing_or_retaining_handler_does_not_stall_the_stream() -> None:
+    import numpy as np
+
+    loop = Loop()
+    counters = Counters()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    got: list[bytes] = []
+    kept: list = []
+
+    def handler(frame: memoryview) -> None:
+        got.append(bytes(frame))
+        if frame[0] == 1:
+            raise ValueError("engine bug")
+        if frame[0] == 2:
+            kept.append(np.frombuffer(frame, dtype=np.uint8))  # an export that outlives us
+
+    conn = StreamConnection(ours, loop, counters, handler, lambda: None)
+    frames = [bytes([k]) * 60 for k in (1, 2, 3, 1, 3)]
+    theirs.sendall(b"".join(pack(f) for f in frames))
+    for _ in range(20):
+        if len(got) >= len(frames):
+            break
+        loop.run_once(0.05)
+    assert got == frames  # each exactly once, in order
+    assert counters.drops() == {"handler-error": 2}
+    conn.close()
+    theirs.close()
+    loop.close()
