@@ -14,7 +14,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from passtcore._kern cimport (
     E_OK, PInfo, frame_ok, ip_l4_fill, p_frame, pc_csum, pc_fold, pc_force_scalar,
-    pc_update16, pc_update32, pc_update_bytes, pc_use_avx2, wbuf,
+    pc_update16, pc_update32, pc_update_bytes, pc_use_avx2, wbuf, window_ok,
 )
 from passtcore_py.headers import REASONS, ParseError
 
@@ -26,9 +26,7 @@ __all__ = [
 
 
 cdef inline Py_ssize_t _clip(Py_ssize_t n, Py_ssize_t offset, Py_ssize_t length) except -2:
-    if length == -1:
-        length = n - offset
-    if offset < 0 or length < 0 or offset > n or length > n - offset:
+    if not window_ok(n, offset, &length):
         raise ValueError(f"range out of bounds: offset={offset} length={length} size={n}")
     return length
 
@@ -176,9 +174,7 @@ def fill_checksums(buf, Py_ssize_t offset=0, Py_ssize_t length=-1):
     cdef int rc
     wbuf(buf, &v)  # TypeError for read-only buffers, like the twin
     try:
-        if length == -1:
-            length = v.len - offset
-        if offset < 0 or length < 0 or offset > v.len or length > v.len - offset:
+        if not window_ok(v.len, offset, &length):
             raise ParseError("bad-bounds", f"offset={offset} length={length} size={v.len}")
         rc = p_frame(<const uint8_t*>v.buf, offset, offset + length, &info)
         if rc != E_OK:
@@ -196,9 +192,7 @@ def verify_frame(buf, Py_ssize_t offset=0, Py_ssize_t length=-1):
     cdef bint ok
     PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
     try:
-        if length == -1:
-            length = v.len - offset
-        if offset < 0 or length < 0 or offset > v.len or length > v.len - offset:
+        if not window_ok(v.len, offset, &length):
             return False
         if p_frame(<const uint8_t*>v.buf, offset, offset + length, &info) != E_OK:
             return False

@@ -19,8 +19,10 @@ from passtcore._kern cimport (
     PInfo, p_arp, p_ethernet, p_frame, p_icmp, p_ip, p_ipv4, p_ipv6,
     p_tcp, p_tcp_options, p_udp, pc_csum, pc_fold, pc_load16, pc_load32, pc_store16,
     pc_store32, pc_update16, pc_update32, pinfo_init, rewrite_addr, update_field, wbuf,
+    window_ok,
 )
-from passtcore_py.headers import REASONS, ParseError, reason_code
+# the twin's objects: one ParseError class, one REASONS table, one FrameInfo field list
+from passtcore_py.headers import _FIELDS, REASONS, ParseError, reason_code
 
 __all__ = [
     "ParseError", "FrameInfo", "REASONS", "reason_code", "parse_frame", "parse_ethernet",
@@ -32,14 +34,6 @@ __all__ = [
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 ETH_P_ARP = 0x0806
-
-_FIELDS = (
-    "eth_dst", "eth_src", "ethertype", "vlan", "l3_offset", "ip_version", "src", "dst",
-    "ttl", "l3_len", "is_fragment", "l4_proto", "l4_offset", "l4_len", "sport", "dport",
-    "payload_offset", "payload_len", "tcp_seq", "tcp_ack", "tcp_flags", "tcp_window",
-    "tcp_mss", "tcp_wscale", "tcp_sack_ok", "tcp_ts_val", "tcp_ts_ecr", "icmp_type",
-    "icmp_code", "icmp_id", "icmp_seq", "arp_op", "arp_sha", "arp_spa", "arp_tha", "arp_tpa",
-)
 
 
 cdef class FrameInfo:
@@ -187,9 +181,7 @@ cdef inline FrameInfo _fill_all(const uint8_t* b, const PInfo* i):
 
 cdef inline Py_ssize_t _window(Py_buffer* v, Py_ssize_t offset, Py_ssize_t length) except -1:
     """End of the window; ParseError('bad-bounds') when it does not fit."""
-    if length == -1:
-        length = v.len - offset
-    if offset < 0 or length < 0 or offset > v.len or length > v.len - offset:
+    if not window_ok(v.len, offset, &length):
         raise ParseError("bad-bounds", f"offset={offset} length={length} size={v.len}")
     return offset + length
 

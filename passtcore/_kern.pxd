@@ -250,6 +250,15 @@ ctypedef struct PInfo:
     int arp_op
 
 
+cdef inline bint window_ok(Py_ssize_t size, Py_ssize_t offset, Py_ssize_t* length) noexcept nogil:
+    """The window rule of the single-buffer kernels: ``*length == -1`` means "to the end
+    of the buffer" (resolved in place); True when [offset, offset + *length) fits in size.
+    (Batches have no -1 rule: _batch checks its explicit lengths itself.)"""
+    if length[0] == -1:
+        length[0] = size - offset
+    return not (offset < 0 or length[0] < 0 or offset > size or length[0] > size - offset)
+
+
 cdef inline void pinfo_init(PInfo* i) noexcept nogil:
     i.eth_off = -1
     i.ethertype = 0

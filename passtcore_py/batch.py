@@ -182,6 +182,21 @@ def _per_frame_addr(a: Any, n: int) -> np.ndarray | None:
     return arr
 
 
+def _rewrite_each(buf: Any, offs: np.ndarray, lens: np.ndarray, fits: Any, rewrite: Any) -> int:
+    """Call ``rewrite(mv, i, info)`` on every IP frame that parses and ``fits(info)``;
+    ``mv`` is a writable view of ``buf`` (TypeError for read-only buffers).
+    Returns the number of frames skipped."""
+    mv = _h._wview(buf)
+    skipped = 0
+    for i in range(len(offs)):
+        info = _parse(mv, offs[i], lens[i])
+        if isinstance(info, int) or not info.ip_version or not fits(info):
+            skipped += 1
+            continue
+        rewrite(mv, i, info)
+    return skipped
+
+
 def rewrite_addresses(buf: Any, offsets: Any, lengths: Any, src: Any = None, dst: Any = None) -> int:
     """Set source / destination addresses of every frame, checksums updated incrementally.
 
@@ -194,21 +209,18 @@ def rewrite_addresses(buf: Any, offsets: Any, lengths: Any, src: Any = None, dst
     n = len(offs)
     s = _per_frame_addr(src, n)
     d = _per_frame_addr(dst, n)
-    mv = _h._wview(buf)  # TypeError for read-only buffers
-    skipped = 0
-    for i in range(n):
-        info = _parse(mv, offs[i], lens[i])
-        w = 4 if not isinstance(info, int) and info.ip_version == 4 else 16
-        if isinstance(info, int) or not info.ip_version or (
-            (s is not None and s.shape[1] != w) or (d is not None and d.shape[1] != w)
-        ):
-            skipped += 1
-            continue
+
+    def fits(info: _h.FrameInfo) -> bool:
+        w = 4 if info.ip_version == 4 else 16
+        return (s is None or s.shape[1] == w) and (d is None or d.shape[1] == w)
+
+    def rewrite(mv: memoryview, i: int, info: _h.FrameInfo) -> None:
         # work on the frame window so the L4 checksum never looks past the frame
         end = int(offs[i] + lens[i])
         _h.set_addresses(mv[:end], info.l3_offset, None if s is None else s[i].tobytes(),
                          None if d is None else d[i].tobytes())
-    return skipped
+
+    return _rewrite_each(buf, offs, lens, fits, rewrite)
 
 
 def _per_frame_int(v: Any, n: int) -> np.ndarray | None:
@@ -229,17 +241,16 @@ def set_tcp_ack_window(buf: Any, offsets: Any, lengths: Any, ack: Any = None, wi
     n = len(offs)
     acks = _per_frame_int(ack, n)
     wins = _per_frame_int(window, n)
-    mv = _h._wview(buf)  # TypeError for read-only buffers
-    skipped = 0
-    for i in range(n):
-        info = _parse(mv, offs[i], lens[i])
-        if isinstance(info, int) or info.l4_proto != 6 or info.is_fragment or not info.ip_version:
-            skipped += 1
-            continue
+
+    def fits(info: _h.FrameInfo) -> bool:
+        return info.l4_proto == 6 and not info.is_fragment
+
+    def rewrite(mv: memoryview, i: int, info: _h.FrameInfo) -> None:
         a = None if acks is None or acks[i] < 0 else int(acks[i]) & 0xFFFFFFFF
         w = None if wins is None or wins[i] < 0 else int(wins[i]) & 0xFFFF
         _h.set_tcp(mv, info.l4_offset, ack=a, window=w)
-    return skipped
+
+    return _rewrite_each(buf, offs, lens, fits, rewrite)
 
 
 def build_tcp_segments(buf: Any, offsets: Any, payload_lens: Any, eth_dst: bytes, eth_src: bytes,

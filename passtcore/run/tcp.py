@@ -14,9 +14,11 @@ Design (passt-reference section 6; deliberate differences are noted):
   place with ``passtcore.headers.build_tcp`` and the batch goes out with one
   ``ctx.to_guest_many``. Bytes leave the kernel socket (``MSG_TRUNC``, no copy)
   only when the guest ACKs them, so the socket buffer is the retransmission
-  store. Three duplicate ACKs re-send the first unacknowledged segment, partial
-  ACKs the next one (NewReno; passt re-sends the whole window); a 2 s timeout
-  rewinds to the last ACK (7 tries, then RST). ``SO_RCVLOWAT`` is kept at
+  store. Three duplicate ACKs re-send the holes the guest's SACK blocks show
+  (or, without SACK, the first unacknowledged segment; partial ACKs the next
+  one: NewReno) - passt re-sends the whole window. A retransmission timeout
+  (0.25 s doubling up to passt's 2 s; 7 tries, then RST) rewinds to the last
+  ACK. ``SO_RCVLOWAT`` is kept at
   ``unacked + 1`` so that the level-triggered reader wakes up only for data the
   guest has not been sent (or EOF), never spins on queued data.
 * **Guest -> host (6.5).** In-order payloads are written straight to the socket
@@ -29,6 +31,13 @@ Design (passt-reference section 6; deliberate differences are noted):
   passt drops out-of-order data instead; without SACK that costs the guest
   retransmission timeouts (measured here: 100 MiB at 1 % loss and 5 %
   reordering did not finish in 5 minutes; with holding it takes ~1.5 s).
+  The window is also capped at 128 guest segments so that several busy flows
+  cannot overflow the guest's tap/NIC queue (1000 frames).
+* **SACK.** passt never offers it. Here, when the guest's SYN (or SYN-ACK)
+  carries SACK-permitted, ours does too (after passt's 8 option bytes): our
+  ACKs then carry SACK blocks for held data, and the guest's SACK blocks drive
+  selective retransmission. Without it on the guest's side, the wire format is
+  passt's. No timestamps.
 * **Handshakes.** Guest SYN -> non-blocking ``connect()``; SYN-ACK only once it
   succeeds, RST|ACK at once when refused/unreachable. Duplicate SYNs while the
   connect is pending are ignored (11.1 bug 3 not replicated); keep-alive probes
@@ -105,6 +114,28 @@ def _d(a: int, b: int) -> int:
     return ((a - b + 0x80000000) & _M32) - 0x80000000
 
 
+def _sack_blocks(frame: Any, l4: int) -> list[tuple[int, int]]:
+    """The SACK blocks of a guest segment (TCP option 5), as (start, end) pairs."""
+    end = l4 + (frame[l4 + 12] >> 4) * 4
+    i = l4 + 20
+    blocks = []
+    while i < end:
+        kind = frame[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= end or frame[i + 1] < 2:
+            break
+        length = frame[i + 1]
+        if kind == 5:
+            for j in range(i + 2, min(i + length, end) - 7, 8):
+                blocks.append(struct.unpack_from("!II", frame, j))
+        i += length
+    return blocks
+
+
 class Conn:
     """State of one translated connection (bounded: no data buffers)."""
 
@@ -114,7 +145,7 @@ class Conn:
         "wnd_from_tap", "ws_from_tap", "ws_to_tap", "mss", "reading", "writing",
         "lowat", "dupacks", "retries", "last_progress", "last_activity", "created",
         "last_wnd", "fin_seq", "stalled_since", "peekoff", "held", "held_bytes", "recover", "ack_due",
-        "lowat_cap", "pend", "pend_bytes", "sack", "sack_recent",
+        "lowat_cap", "pend", "pend_bytes", "sack", "sack_recent", "rexmit_hi",
     )
 
     def __init__(self) -> None:
@@ -134,6 +165,7 @@ class Conn:
         self.pend_bytes = 0
         self.sack = False        # guest and we agreed on SACK: held data is SACKed
         self.sack_recent = -1
+        self.rexmit_hi = -1      # SACK recovery: re-sent up to here
 
 
 class TcpEngine:
@@ -534,7 +566,7 @@ class TcpEngine:
             return
         plen = info.payload_len
         if flags & ACK:
-            self._guest_ack(c, info, plen, now)
+            self._guest_ack(c, frame, info, plen, now)
             if c.events & CLOSED:
                 return
         if plen or flags & FIN:
@@ -544,7 +576,7 @@ class TcpEngine:
         if (c.events & TAP_FIN_RCVD and c.events & TAP_FIN_ACKED) and not c.events & CLOSED:
             self._free(c)
 
-    def _guest_ack(self, c: Conn, info: Any, plen: int, now: float) -> None:
+    def _guest_ack(self, c: Conn, frame: Any, info: Any, plen: int, now: float) -> None:
         ack = info.tcp_ack
         wnd = min(info.tcp_window << c.ws_from_tap, MAX_WINDOW)
         acked = _d(ack, c.seq_ack_from_tap)
@@ -565,19 +597,30 @@ class TcpEngine:
             c.wnd_from_tap = wnd
             if c.recover >= 0:
                 if _d(ack, c.recover) < 0:
-                    self._retransmit_one(c)  # partial ACK: the next hole (NewReno)
+                    if c.sack and info.payload_offset - info.l4_offset > 20:
+                        self._sack_holes(c, frame, info)
+                    else:
+                        self._retransmit_one(c)  # partial ACK: the next hole (NewReno)
                 else:
                     c.recover = -1
+                    c.rexmit_hi = -1
             self._push(c)
         elif acked == 0:
             c.wnd_from_tap = wnd
             if sent > 0 and plen == 0 and not info.tcp_flags & (FIN | SYN):
                 c.dupacks += 1
                 if c.dupacks == 3 and c.recover < 0:
-                    # fast retransmit of the first unacknowledged segment only
+                    # fast retransmit: the holes the guest's SACK blocks show, or
+                    # the first unacknowledged segment only
                     self._count("tcp_fast_retransmits")
                     c.recover = c.seq_to_tap
-                    self._retransmit_one(c)
+                    c.rexmit_hi = -1
+                    if c.sack and info.payload_offset - info.l4_offset > 20:
+                        self._sack_holes(c, frame, info)
+                    else:
+                        self._retransmit_one(c)
+                elif c.dupacks > 3 and c.sack and info.payload_offset - info.l4_offset > 20:
+                    self._sack_holes(c, frame, info)
             if wnd > old_wnd:
                 self._push(c)
 
@@ -598,34 +641,94 @@ class TcpEngine:
             n -= k
 
     def _retransmit_one(self, c: Conn) -> None:
-        """Re-send one segment from the first unacknowledged byte (peek at offset 0)."""
+        """Re-send one segment from the first unacknowledged byte."""
+        self._retransmit_at(c, c.seq_ack_from_tap, self._seg_size(c))
+
+    def _retransmit_at(self, c: Conn, seq: int, length: int) -> int:
+        """Re-send up to ``length`` bytes from ``seq`` (peeked from the socket at
+        that offset), in guest-MSS segments; returns the bytes sent."""
         if c.sock is None:
-            return
+            return 0
         data_out = _d(c.seq_to_tap, c.seq_ack_from_tap)
         if c.fin_seq >= 0:
             data_out -= 1
-        if data_out <= 0:
-            if c.fin_seq >= 0 and not c.events & TAP_FIN_ACKED:
+        offset = _d(seq, c.seq_ack_from_tap)
+        if data_out <= 0 or offset >= data_out:
+            if c.fin_seq >= 0 and not c.events & TAP_FIN_ACKED and offset >= data_out:
                 self._ctrl(c, FIN | ACK, seq=c.fin_seq)
-            return
-        n = min(self._seg_size(c), data_out)
+            return 0
+        length = min(length, data_out - offset, NSLOTS * self._seg_size(c))
+        seg = self._seg_size(c)
         hl = self.h.header_len(c.v, 6)
+        slots = []
+        left = length
+        i = 0
+        while left > 0:
+            n = min(seg, left)
+            slots.append(self.fmv[i * SLOT + hl:i * SLOT + hl + n])
+            left -= n
+            i += 1
+        iov = slots
+        if not c.peekoff and offset:
+            if self._big_discard is None:
+                self._big_discard = memoryview(bytearray(DISCARD))
+            iov = [self._big_discard[:offset]] + slots
         try:
             if c.peekoff:
-                c.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-            got = c.sock.recv_into(self.fmv[hl:hl + n], n, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                c.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, offset)
+            got = c.sock.recvmsg_into(iov, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)[0]
             if c.peekoff:
                 c.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, data_out)
+            elif offset:
+                got -= offset
+        except BlockingIOError:
+            got = 0
         except OSError:
             self._reset(c)
-            return
+            return 0
         if got <= 0:
+            return 0
+        frames = []
+        wnd = self._wnd_to_tap(c)
+        left = got
+        i = 0
+        s = seq
+        while left > 0:
+            n = min(seg, left)
+            flen = self.h.build_tcp(self.fbuf, i * SLOT, self.ctx.guest_mac, self.conf.our_mac,
+                                    c.raddr, c.gaddr, c.rport, c.gport, s, c.seq_from_tap,
+                                    ACK, wnd, n)
+            frames.append(self.fmv[i * SLOT:i * SLOT + flen])
+            s = (s + n) & _M32
+            left -= n
+            i += 1
+        self.ctx.to_guest_many(frames)
+        self._count("tcp_segments_retransmitted", len(frames))
+        return got
+
+    def _sack_holes(self, c: Conn, frame: Any, info: Any) -> None:
+        """Selective retransmission (RFC 2018/6675, simplified): re-send the gaps
+        between the guest's SACK blocks that were not re-sent in this recovery."""
+        blocks = _sack_blocks(frame, info.l4_offset)
+        if not blocks:
             return
-        flen = self.h.build_tcp(self.fbuf, 0, self.ctx.guest_mac, self.conf.our_mac, c.raddr,
-                                c.gaddr, c.rport, c.gport, c.seq_ack_from_tap, c.seq_from_tap,
-                                ACK, self._wnd_to_tap(c), got)
-        self.ctx.to_guest(self.fmv[:flen])
-        self._count("tcp_segments_retransmitted")
+        ack = c.seq_ack_from_tap
+        if c.rexmit_hi < 0 or _d(c.rexmit_hi, ack) < 0:
+            c.rexmit_hi = ack
+        edge = ack
+        budget = NSLOTS
+        for start, end in sorted(blocks, key=lambda b: _d(b[0], ack)):
+            if _d(start, edge) > 0 and _d(start, c.rexmit_hi) > 0:
+                lo = edge if _d(edge, c.rexmit_hi) >= 0 else c.rexmit_hi
+                sent = self._retransmit_at(c, lo, _d(start, lo))
+                if sent <= 0:
+                    return
+                c.rexmit_hi = (lo + sent) & _M32
+                budget -= 1
+                if budget <= 0 or c.sock is None:
+                    return
+            if _d(end, edge) > 0:
+                edge = end
 
     def _rewind(self, c: Conn) -> None:
         """Retransmit from the last byte the guest acknowledged."""
@@ -996,6 +1099,12 @@ class TcpEngine:
                 self.inflight.discard(c)
                 continue
             if now - c.last_progress < min(RTO_MIN * (1 << c.retries), ACK_TIMEOUT):
+                continue
+            if c.wnd_from_tap == 0 and c.stalled_since:
+                # persist: the guest's window is shut, not our data lost; probe
+                # for a window update instead of counting towards the RST
+                c.last_progress = now
+                self._ctrl(c, ACK, seq=(c.seq_ack_from_tap - 1) & _M32)
                 continue
             c.retries += 1
             if c.retries > MAX_RETRANS:

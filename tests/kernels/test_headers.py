@@ -225,20 +225,24 @@ def test_bad_bounds(headers, off, length):
     assert ei.value.reason == "bad-bounds"
 
 
+def _parses_in_bounds(headers, data) -> None:
+    """parse_frame either raises a known ParseError or reports L4 / payload inside ``data``."""
+    try:
+        info = headers.parse_frame(data)
+    except headers.ParseError as e:
+        assert e.reason in REASONS
+        return
+    if info.payload_offset >= 0:
+        assert info.payload_offset + info.payload_len <= len(data)
+    if info.l4_offset >= 0:
+        assert info.l4_offset + info.l4_len <= len(data)
+
+
 @SETTINGS
 @given(st.binary(max_size=200))
 def test_random_bytes_never_crash(headers, junk):
     for prefix in (b"", bytes(12) + b"\x08\x00\x45", bytes(12) + b"\x86\xdd\x60", bytes(12) + b"\x81\x00\x00\x05\x08\x00\x46"):
-        data = prefix + junk
-        try:
-            info = headers.parse_frame(data)
-        except headers.ParseError as e:
-            assert e.reason in REASONS
-            continue
-        if info.payload_offset >= 0:
-            assert info.payload_offset + info.payload_len <= len(data)
-        if info.l4_offset >= 0:
-            assert info.l4_offset + info.l4_len <= len(data)
+        _parses_in_bounds(headers, prefix + junk)
 
 
 @SETTINGS
@@ -246,13 +250,7 @@ def test_random_bytes_never_crash(headers, junk):
 def test_bit_flips_never_crash(headers, name, pos, val):
     f = bytearray(frame_bytes(name))
     f[pos % len(f)] = val
-    try:
-        info = headers.parse_frame(f)
-    except headers.ParseError as e:
-        assert e.reason in REASONS
-        return
-    if info.payload_offset >= 0:
-        assert info.payload_offset + info.payload_len <= len(f)
+    _parses_in_bounds(headers, f)
 
 
 # -- rewrites ---------------------------------------------------------------------------

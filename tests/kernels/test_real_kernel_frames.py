@@ -60,11 +60,17 @@ def veth_pair():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 
 
-def _tcp_exchange(ns_a: str, ns_b: str, family: int, server: str, client: str) -> None:
+def _sockets(ns_a: str, ns_b: str, family: int, kind: int) -> tuple[socket.socket, socket.socket]:
+    """(server socket in ns_b, client socket in ns_a)."""
     with entered(ns_b):
-        lsock = socket.socket(family, socket.SOCK_STREAM)
+        server = socket.socket(family, kind)
     with entered(ns_a):
-        csock = socket.socket(family, socket.SOCK_STREAM)
+        client = socket.socket(family, kind)
+    return server, client
+
+
+def _tcp_exchange(ns_a: str, ns_b: str, family: int, server: str, client: str) -> None:
+    lsock, csock = _sockets(ns_a, ns_b, family, socket.SOCK_STREAM)
     try:
         lsock.bind((server, 0))
         lsock.listen(1)
@@ -85,10 +91,7 @@ def _tcp_exchange(ns_a: str, ns_b: str, family: int, server: str, client: str) -
 
 
 def _udp(ns_a: str, ns_b: str, family: int, server: str, client: str) -> None:
-    with entered(ns_b):
-        r = socket.socket(family, socket.SOCK_DGRAM)
-    with entered(ns_a):
-        s = socket.socket(family, socket.SOCK_DGRAM)
+    r, s = _sockets(ns_a, ns_b, family, socket.SOCK_DGRAM)
     try:
         r.bind((server, 0))
         s.bind((client, 0))

@@ -562,3 +562,67 @@ def test_syn_to_guest_is_retransmitted():
     finally:
         client.close()
         h.close()
+
+
+def test_guest_sack_blocks_drive_selective_retransmission(h, server):
+    g = Guest(h, server.getsockname()[1])
+    g.send("S", options=[("MSS", 1000), ("SAckOK", b""), ("WScale", 7)])
+    synack = g.segs(h.wait_for(lambda p: g.mine(p)))[0]
+    g.seq += 1
+    g.ack = synack.seq + 1
+    g.send("A")
+    conn = accept(server, h)
+    blob = bytes(range(200)) * 50                      # 10 segments of 1000 bytes
+    conn.sendall(blob)
+    got = h.wait_for(lambda p: g.mine(p) and len(p[TCP].payload) > 0 and
+                     p[TCP].seq + len(p[TCP].payload) == g.ack + len(blob))
+    base = g.ack
+    assert sum(len(s.payload) for s in g.segs(got) if len(s.payload)) == len(blob)
+    # the guest lost segments 2 and 5-6 (0-based): three duplicate ACKs with SACK blocks
+    blocks = [("SAck", (base + 3000, base + 5000, base + 7000, base + 10000))]
+    g.ack = base + 2000
+    g.send("A")                                        # progress up to the first hole
+    h.new()
+    for _ in range(3):
+        g.send("A", options=blocks)
+    again = [s for s in g.segs(h.new()) if len(s.payload)]
+    resent = sorted((s.seq - base, len(s.payload)) for s in again)
+    assert resent == [(2000, 1000), (5000, 1000), (6000, 1000)]
+    for s in again:
+        off = s.seq - base
+        assert bytes(s.payload) == blob[off:off + len(s.payload)]
+    g.ack = base + len(blob)
+    g.send("A")
+    h.engine._rto_scan(time.monotonic() + 3)          # all acknowledged: nothing re-sent
+    assert not [s for s in g.segs(h.new()) if len(s.payload)]
+    assert not h.engine.inflight
+    conn.close()
+
+
+def test_zero_window_is_probed_not_reset(h, server):
+    g = Guest(h, server.getsockname()[1])
+    g.send("S", options=[("MSS", 1000), ("WScale", 0)])
+    synack = g.segs(h.wait_for(lambda p: g.mine(p)))[0]
+    g.seq += 1
+    g.ack = synack.seq + 1
+    g.send("A", window=2000)
+    conn = accept(server, h)
+    conn.sendall(b"q" * 6000)
+    h.pump(0.1)
+    data = [s for s in g.segs(h.new()) if len(s.payload)]
+    assert sum(len(s.payload) for s in data) == 2000
+    g.ack += 2000
+    g.send("A", window=0)                              # the guest's buffer is full
+    h.pump(0.05)
+    assert not [s for s in g.segs(h.new()) if len(s.payload)]
+    t0 = time.monotonic()
+    for k in range(1, 16):                             # 30 s of ticks
+        h.engine.tick(t0 + 2 * k)
+    probes = g.segs(h.new())
+    assert probes and all(not s.flags & RST for s in probes)
+    assert probes[0].seq == g.ack - 1                  # a window probe
+    g.send("A", window=4000)                           # the window opens again
+    h.pump(0.1)
+    data = [s for s in g.segs(h.new()) if len(s.payload)]
+    assert data[0].seq == g.ack and sum(len(s.payload) for s in data) == 4000
+    conn.close()

@@ -125,14 +125,24 @@ def test_inbound_remapped_range_and_exclusion(world):
 def _bulk(world: World, v6: bool, direction: str, size: int, port: int) -> float:
     addr = "::1" if v6 else "127.0.0.1"
     gw = world.gw6 if v6 else world.gw4
-    if direction == "guest-to-host":
-        srv = world.server("host", "recv-server", addr, str(port))
-        sent = world.run("guest", "send-client", gw, str(port), str(size), "11", timeout=300)
-        got = world.result(srv, 300)
-    else:
-        srv = world.server("host", "send-server", addr, str(port), str(size), "12")
-        got = world.run("guest", "recv-client", gw, str(port), timeout=300)
-        sent = world.result(srv, 300)
+    srv = None
+    try:
+        if direction == "guest-to-host":
+            srv = world.server("host", "recv-server", addr, str(port))
+            sent = world.run("guest", "send-client", gw, str(port), str(size), "11", timeout=300)
+            got = world.result(srv, 300)
+        else:
+            srv = world.server("host", "send-server", addr, str(port), str(size), "12")
+            got = world.run("guest", "recv-client", gw, str(port), timeout=300)
+            sent = world.result(srv, 300)
+    except Exception as exc:  # say what the daemon saw
+        counters = {k: v for k, v in world.daemon.counters().items() if v}
+        raise AssertionError(f"transfer failed: {exc!r}\ncounters: {counters}\n"
+                             f"log: {world.log()[-1500:]}") from exc
+    finally:
+        if srv is not None and srv.poll() is None:
+            srv.kill()
+            srv.wait()
     n_sent, h_sent, _ = sent.split()
     n_got, h_got, secs = got.split()
     assert (n_got, h_got) == (n_sent, h_sent)
