@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_MTU = 65520  # ROUND_DOWN(65535 - 14, 4)
+DEFAULT_MAX_FLOWS = 131072  # passt's FLOW_MAX; per protocol, --max-flows
 MAX_DNS = 3
 MAX_SEARCH = 6
 
@@ -43,6 +44,7 @@ class NetConfig:
     dns_host6: bytes | None = None
     search: list[str] = field(default_factory=list)
     map_gw: bool = True
+    max_flows: int = DEFAULT_MAX_FLOWS  # per protocol table (TCP, UDP)
     dns_forward4: bytes | None = None
     dns_forward6: bytes | None = None
     ifname4: str | None = None
@@ -214,6 +216,7 @@ def build(opts: Any, resolv_path: str = "/etc/resolv.conf",
     h4, h6 = host if host is not None else host_defaults(opts)
     c = NetConfig()
     c.map_gw = not opts.no_map_gw
+    c.max_flows = getattr(opts, "max_flows", None) or DEFAULT_MAX_FLOWS
     mac = opts.mac_addr or h4.get("mac") or h6.get("mac")
     c.our_mac = mac or b"\0" * 6
     warnings: list[str] = []

@@ -75,6 +75,7 @@ TABLE: tuple[tuple[tuple[str, ...], str, bool, str, bool], ...] = (
     (("no-dhcpv6",), "", False, "no_dhcpv6", True),
     (("no-ra",), "", False, "no_ra", True),
     (("no-map-gw",), "", False, "no_map_gw", True),
+    (("max-flows",), "", True, "max_flows", False),
     (("tcp-ports",), "t", True, "tcp_ports", True),
     (("udp-ports",), "u", True, "udp_ports", True),
     (("tcp-ns",), "T", True, "tcp_ns", True),
@@ -222,6 +223,7 @@ class Options:
         self.no_tcp = self.no_udp = self.no_icmp = False
         self.no_dhcp = self.no_ndp = self.no_dhcpv6 = self.no_ra = False
         self.no_map_gw = False
+        self.max_flows: int | None = None     # None: conf.DEFAULT_MAX_FLOWS
         self.tcp_ports: list[Any] = []        # list[portspec.PortSpec]
         self.udp_ports: list[Any] = []
         self.tcp_ns: list[Any] = []
@@ -435,6 +437,8 @@ def parse(argv: list[str]) -> Options:
             dns_forward.append((v, written))
         elif key == "dns_host":
             o.dns_host = _ip(v, written)
+        elif key == "max_flows":
+            o.max_flows = _int(v, written, 1, 1 << 24, "flow count")
         elif key in ports:
             ports[key].append(v)
         elif key == "netns":
@@ -538,6 +542,7 @@ an inherited socket (-F), or a tap device in a network namespace (--netns).
   -D, --dns ADDR|none    DNS servers           -S, --search LIST|none  search list
   --no-dhcp-dns, --no-dhcp-search, --dns-forward ADDR, --dns-host ADDR
   --no-tcp --no-udp --no-icmp --no-dhcp --no-ndp --no-dhcpv6 --no-ra --no-map-gw
+  --max-flows N          TCP/UDP flow table size each (default 131072)
   -t, --tcp-ports SPEC   -u, --udp-ports SPEC  host->guest forwarding:
                          none | all | [ADDR][%IF]/LIST | LIST,  LIST: [~]A[-B][:C[-D]],...
 namespace mode:

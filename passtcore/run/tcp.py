@@ -65,6 +65,7 @@ from typing import Any
 
 import passtcore
 from passtcore.run import fwd
+from passtcore.run.conf import DEFAULT_MAX_FLOWS
 
 log = logging.getLogger("passtcore.tcp")
 
@@ -82,7 +83,6 @@ TAP_FIN_SENT = 0x080
 TAP_FIN_ACKED = 0x100
 CLOSED = 0x200
 
-MAX_FLOWS_DEFAULT = 131072
 MSS_DEFAULT = 536
 WINDOW_DEFAULT = 14600
 MAX_WINDOW = 1 << 24
@@ -175,9 +175,8 @@ class TcpEngine:
         self.ctx = ctx
         self.conf = conf = ctx.conf
         self.h = passtcore.headers
-        cap = int(getattr(conf, "max_flows", 0) or MAX_FLOWS_DEFAULT)
-        self.capacity = cap
-        self.flows = passtcore.flowtable.FlowTable(cap)
+        self.capacity = int(getattr(conf, "max_flows", 0) or DEFAULT_MAX_FLOWS)
+        self.flows = passtcore.flowtable.FlowTable(self.capacity)
         self.conns: dict[int, Conn] = {}
         self.key = os.urandom(16)
         self.fbuf = bytearray(NSLOTS * SLOT)
@@ -329,9 +328,7 @@ class TcpEngine:
                   sock: socket.socket) -> Conn | None:
         try:
             idx = self.flows.insert(6, 0, fwd.to16(gaddr), gport, fwd.to16(raddr), rport)
-        except Exception as exc:  # FlowTableFull or a duplicate key
-            if type(exc).__name__ != "FlowTableFull" and not isinstance(exc, (KeyError, ValueError)):
-                raise
+        except (passtcore.flowtable.FlowTableFull, KeyError, ValueError):  # full, or a duplicate key
             self._count("tcp_flows_refused")
             return None
         c = Conn()

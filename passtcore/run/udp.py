@@ -31,13 +31,13 @@ from typing import Any
 
 import passtcore
 from passtcore.run import fwd
+from passtcore.run.conf import DEFAULT_MAX_FLOWS
 
 log = logging.getLogger("passtcore.udp")
 
 UDP_TIMEOUT = 180.0
 BATCH = 32
 SLOT = 65536 + 128
-MAX_FLOWS_DEFAULT = 131072
 _ZERO = {4: bytes(4), 6: bytes(16)}
 
 
@@ -67,7 +67,7 @@ class UdpEngine:
         self.ctx = ctx
         self.conf = conf = ctx.conf
         self.h = passtcore.headers
-        self.capacity = int(getattr(conf, "max_flows", 0) or MAX_FLOWS_DEFAULT)
+        self.capacity = int(getattr(conf, "max_flows", 0) or DEFAULT_MAX_FLOWS)
         self.flows = passtcore.flowtable.FlowTable(self.capacity)
         self.by_port: dict[tuple[int, int], UdpFlow] = {}
         # (version, host source port) -> "lo" | "own": last local sender (7.3)
@@ -124,11 +124,9 @@ class UdpEngine:
         zero = _ZERO[v]
         try:
             idx = self.flows.insert(17, 0, zero, gport, zero, 0)
-        except Exception as exc:
-            if type(exc).__name__ == "FlowTableFull" or isinstance(exc, KeyError):
-                self._count("udp_flows_refused")
-                return None
-            raise
+        except (passtcore.flowtable.FlowTableFull, KeyError):
+            self._count("udp_flows_refused")
+            return None
         family = socket.AF_INET if v == 4 else socket.AF_INET6
         s = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:

@@ -135,3 +135,14 @@ def test_start_up_path_imports_nothing_heavy() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ""
+
+
+def test_max_flows_option() -> None:
+    from passtcore.run import conf, options
+
+    assert options.parse(["--max-flows", "64"]).max_flows == 64
+    assert options.parse([]).max_flows is None
+    assert conf.DEFAULT_MAX_FLOWS == 131072
+    for bad in ("0", "-1", "x", str(1 << 25)):
+        with pytest.raises(options.OptionError, match="--max-flows"):
+            options.parse(["--max-flows", bad])
