@@ -45,7 +45,7 @@ class Context:
         # Learned from guest traffic (passt-reference 4.7).
         self.addr_seen4: bytes | None = conf.addr4
         self.addr_seen6: bytes | None = conf.addr6
-        self.addr_ll_seen6: bytes | None = conf.addr6_ll
+        self.addr_ll_seen6: bytes | None = None  # the guest's, once it uses it (conf.addr6_ll is ours)
         self.engines: dict[str, Any] = {}
 
     def to_guest(self, frame: Frame) -> None:

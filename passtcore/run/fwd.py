@@ -80,10 +80,12 @@ def guest_addr(ctx: Any, version: int, link_local: bool = False) -> bytes | None
     conf = ctx.conf
     if version == 4:
         return _b(getattr(ctx, "addr_seen4", None)) or conf_addr(conf, "addr4")
+    seen6 = _b(getattr(ctx, "addr_seen6", None)) or conf_addr(conf, "addr6")
     if link_local:
-        return (_b(getattr(ctx, "addr_ll_seen6", None)) or conf_addr(conf, "addr6_ll")
-                or _b(getattr(ctx, "addr_seen6", None)))
-    return _b(getattr(ctx, "addr_seen6", None)) or conf_addr(conf, "addr6")
+        # Until the guest has used its link-local address, its global one works
+        # as well (conf.addr6_ll is *ours*, never a destination).
+        return _b(getattr(ctx, "addr_ll_seen6", None)) or seen6
+    return seen6
 
 
 def map_gw(ctx: Any) -> bool:
