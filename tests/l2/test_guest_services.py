@@ -26,7 +26,9 @@ def hook(sb, name: str) -> tuple[str, Path]:
     out = Path(sb.path(f"{name}-env"))
     out.mkdir(exist_ok=True)
     script = Path(sb.path(f"{name}-hook.sh"))
-    script.write_text('#!/bin/sh\nenv | sort > "%s/${reason:-$1}.env"\n' % out)
+    # Written aside and renamed: the waiter must never read a half-written file.
+    script.write_text('#!/bin/sh\nenv | sort > "%s/.$$.tmp" && mv "%s/.$$.tmp" "%s/${reason:-$1}.env"\n'
+                      % (out, out, out))
     script.chmod(0o755)
     return str(script), out
 
