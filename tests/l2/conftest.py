@@ -13,8 +13,8 @@ from scapy.layers.l2 import Ether
 
 import passtcore
 from passtcore.run.conf import NetConfig
-from passtcore.run.context import Context
-from passtcore.run.loop import Loop
+
+from engine_support import EngineHarness
 
 OUR_MAC = "02:11:22:33:44:55"
 GUEST_MAC = "52:54:00:12:34:56"
@@ -44,50 +44,14 @@ def reference_conf(**changes: Any) -> NetConfig:
     return NetConfig(**base)
 
 
-class Collector:
-    """A front end that keeps what would go to the guest."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def send(self, frame: Any) -> bool:
-        self.frames.append(bytes(frame))
-        return True
-
-    def send_many(self, frames: list[Any]) -> int:
-        for f in frames:
-            self.send(f)
-        return len(frames)
-
-
-class Harness:
+class Harness(EngineHarness):
     """Runs guest frames through an engine the way the dispatcher does."""
-
-    def __init__(self, engine_cls: type, conf: NetConfig) -> None:
-        self.loop = Loop()
-        self.ctx = Context(conf, self.loop)
-        self.sink = Collector()
-        self.ctx.frontend = self.sink
-        self.engine = engine_cls(self.ctx)
 
     def send(self, frame: bytes) -> list[bytes]:
         """Replies the guest gets for ``frame``."""
         before = len(self.sink.frames)
-        info = passtcore.headers.parse_frame(frame)
-        if not info.eth_src[0] & 1:  # as the dispatcher does
-            self.ctx.guest_mac = bytes(info.eth_src)
-        self.ctx.learn(info)
-        self.engine.handle(memoryview(frame), info)
+        self.feed(frame)
         return self.sink.frames[before:]
-
-    @property
-    def counters(self) -> Any:
-        return self.ctx.counters
-
-    def close(self) -> None:
-        if hasattr(self.engine, "close"):
-            self.engine.close()
-        self.loop.close()
 
 
 @pytest.fixture

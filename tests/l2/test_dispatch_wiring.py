@@ -17,7 +17,9 @@ from passtcore.run.icmp import IcmpEngine
 from passtcore.run.loop import Loop
 from passtcore.run.ndp import NdpEngine
 
-from .conftest import GUEST_LL, GUEST_MAC, Collector, assert_checksums
+from engine_support import Collector
+
+from .conftest import GUEST_LL, GUEST_MAC, assert_checksums
 
 
 def test_engines_loaded_and_answer(conf):

@@ -18,10 +18,9 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-import passtcore
 from passtcore.run.conf import NetConfig
-from passtcore.run.context import Context
-from passtcore.run.loop import Loop
+
+from engine_support import EngineHarness
 
 OUR_MAC = "02:11:22:33:44:55"
 GUEST_MAC = "52:54:00:12:34:56"
@@ -45,37 +44,14 @@ def make_conf(**changes: Any) -> NetConfig:
     return NetConfig(**base)
 
 
-class Collector:
-    """Front end that keeps the frames sent to the guest (copied: buffers are reused)."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def send(self, frame: Any) -> bool:
-        self.frames.append(bytes(frame))
-        return True
-
-    def send_many(self, frames: list[Any]) -> int:
-        for f in frames:
-            self.send(f)
-        return len(frames)
-
-
-class Harness:
+class Harness(EngineHarness):
     def __init__(self, engine_cls: type, conf: NetConfig | None = None) -> None:
-        self.loop = Loop()
-        self.ctx = Context(conf or make_conf(), self.loop)
-        self.sink = Collector()
-        self.ctx.frontend = self.sink
+        super().__init__(engine_cls, conf or make_conf())
         self.ctx.guest_mac = bytes.fromhex(GUEST_MAC.replace(":", ""))
-        self.engine = engine_cls(self.ctx)
         self.seen = 0
 
     def inject(self, pkt: Any) -> None:
-        frame = bytes(Ether(src=GUEST_MAC, dst=OUR_MAC) / pkt)
-        info = passtcore.headers.parse_frame(frame)
-        self.ctx.learn(info)
-        self.engine.handle(memoryview(frame), info)
+        self.feed(bytes(Ether(src=GUEST_MAC, dst=OUR_MAC) / pkt))
 
     def pump(self, seconds: float = 0.05) -> None:
         end = time.monotonic() + seconds
@@ -103,9 +79,6 @@ class Harness:
         got += self.new()
         return got
 
-    def close(self) -> None:
-        self.engine.close()
-        self.loop.close()
 
 
 def tcp_of(p: Any) -> Any:
