@@ -12,8 +12,6 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-import numpy as np
-
 from passtcore._kern cimport (
     E_BAD_BOUNDS, E_OK, PInfo, frame_ok, ip_l4_fill, p_frame, p_ip, pc_csum, pc_fold, pc_load16,
     pc_load32, pc_store16, pc_store32, pc_update16, pc_update32, rewrite_addr, wbuf,
@@ -27,6 +25,19 @@ __all__ = [
     "Classified", "STATUS_OK", "verify_checksums", "classify", "fill_checksums",
     "rewrite_addresses", "set_tcp_ack_window", "build_tcp_segments", "status_reason",
 ]
+
+# numpy is imported on first use, not at import time: the daemon loads this
+# module but never calls an array API, and numpy would cost it ~15 MB resident
+# (tests/daemon/test_idle_memory.py).  Typed memoryviews do not need it.
+cdef object _numpy = None
+
+
+cdef object numpy_module():
+    global _numpy
+    if _numpy is None:
+        import numpy
+        _numpy = numpy
+    return _numpy
 
 
 cdef inline int _parse(const uint8_t* b, Py_ssize_t blen, int64_t off, int64_t ln, PInfo* i) noexcept nogil:
@@ -43,7 +54,7 @@ def verify_checksums(buf, offsets, lengths, out_ok):
         raise ValueError("out_ok must have one entry per frame")
     cdef const int64_t[::1] o = offs
     cdef const int64_t[::1] l = lens
-    cdef uint8_t[::1] ok = out_ok.view(np.uint8)
+    cdef uint8_t[::1] ok = out_ok.view(numpy_module().uint8)
     cdef Py_buffer v
     cdef PInfo info
     cdef Py_ssize_t i, n = o.shape[0], bad = 0
@@ -73,7 +84,7 @@ def classify(buf, offsets, lengths):
     cdef int32_t[::1] ethertype = out.ethertype
     cdef uint8_t[::1] ipv = out.ip_version
     cdef int16_t[::1] proto = out.proto
-    cdef uint8_t[::1] frag = out.is_fragment.view(np.uint8)
+    cdef uint8_t[::1] frag = out.is_fragment.view(numpy_module().uint8)
     cdef uint8_t[:, ::1] src = out.src
     cdef uint8_t[:, ::1] dst = out.dst
     cdef int32_t[::1] sport = out.sport
@@ -167,6 +178,7 @@ def rewrite_addresses(buf, offsets, lengths, src=None, dst=None):
     cdef const int64_t[::1] o = offs
     cdef const int64_t[::1] l = lens
     cdef bint has_s = s_arr is not None, has_d = d_arr is not None
+    np = numpy_module()
     dummy = np.zeros((max(n, 1), 16), np.uint8)
     cdef const uint8_t[:, ::1] s = s_arr if has_s else dummy
     cdef const uint8_t[:, ::1] d = d_arr if has_d else dummy
@@ -211,6 +223,7 @@ def set_tcp_ack_window(buf, offsets, lengths, ack=None, window=None):
     cdef const int64_t[::1] o = offs
     cdef const int64_t[::1] l = lens
     cdef bint has_a = a_arr is not None, has_w = w_arr is not None
+    np = numpy_module()
     dummy = np.zeros(max(n, 1), np.int64)
     cdef const int64_t[::1] av = a_arr if has_a else dummy
     cdef const int64_t[::1] wv = w_arr if has_w else dummy
@@ -251,6 +264,7 @@ def build_tcp_segments(buf, offsets, payload_lens, eth_dst, eth_src, src, dst, i
     template; every frame then gets a copy with its own length fields, sequence
     number and checksums, in one nogil loop.
     """
+    np = numpy_module()
     offs = np.ascontiguousarray(offsets, dtype=np.int64)
     plens = np.ascontiguousarray(payload_lens, dtype=np.int64)
     if offs.ndim != 1 or offs.shape != plens.shape:

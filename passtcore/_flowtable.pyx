@@ -9,15 +9,20 @@ over a power-of-two bucket array at most 70 % full, backward-shift deletion
 (no tombstones), flow indices from a free stack, per-flow last-seen stamps.
 The exception class and the batch-array coercion are shared with the twin.
 
-Here the table lives in malloc'd C arrays freed in ``__dealloc__``:
+Here the table lives in C arrays carved out of one anonymous ``mmap``
+(unmapped in ``__dealloc__``).  Zero means "empty" everywhere, so a new table
+needs no initialising writes and its pages become resident only as flows use
+them (the daemon's 131072-flow tables cost next to nothing while idle):
 
-* buckets: ``{uint32 tag, int32 idx}`` (8 bytes); ``tag`` is the low 32 bits of
-  the key's hash, so the home bucket of an entry is ``tag & mask`` (needed
-  when shifting back) and most non-matching entries are rejected without
-  touching their key;
+* buckets: ``{uint32 tag, int32 ref}`` (8 bytes), ``ref`` = flow index + 1,
+  0 = empty; ``tag`` is the low 32 bits of the key's hash, so the home bucket
+  of an entry is ``tag & mask`` (needed when shifting back) and most
+  non-matching entries are rejected without touching their key;
 * per flow: the 38-byte key padded to five 64-bit words (compared word by
   word), the hash tag, the last-seen time and an in-use flag;
-* the free stack of indices.
+* the stack of freed indices, taken first; then the never-used indices in
+  ascending order (``_fresh`` is the next one).  That is the twin's order: its
+  free stack starts as all indices, 0 on top, and freed ones go on top.
 
 Hashing, probing, removal, expiry and the batch loops are ``nogil`` C
 functions with no Python object per key.  The methods call them with the GIL
@@ -29,12 +34,10 @@ their buckets and keys, so the memory misses of a large table overlap.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
+from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
 
 import operator
-
-import numpy as np
 
 from passtcore._siphash cimport siphash24_raw
 
@@ -60,6 +63,20 @@ __all__ = [
     "MAX_CAPACITY",
 ]
 
+# numpy is imported on first use, not at import time: the daemon loads this
+# module but never calls an array API, and numpy would cost it ~15 MB resident
+# (tests/daemon/test_idle_memory.py).  Typed memoryviews do not need it.
+cdef object _numpy = None
+
+
+cdef object numpy_module():
+    global _numpy
+    if _numpy is None:
+        import numpy
+        _numpy = numpy
+    return _numpy
+
+
 cdef enum:
     KEY_LEN = 38        # canonical key bytes hashed
     CHUNK = 16          # batch rows hashed and prefetched together
@@ -82,7 +99,7 @@ ctypedef struct FlowKey:
 
 ctypedef struct Bucket:
     uint32_t tag           # low 32 bits of the key's SipHash
-    int32_t idx            # flow index, -1 = empty
+    int32_t ref            # flow index + 1, 0 = empty
 
 
 cdef inline bint key_eq(const FlowKey* a, const FlowKey* b) noexcept nogil:
@@ -207,6 +224,7 @@ cdef int64_t EMPTY_OUT = 0
 
 
 cdef object out_array(object out, Py_ssize_t n):
+    np = numpy_module()
     if out is None:
         return np.empty(n, dtype=np.int64)
     if (not isinstance(out, np.ndarray) or out.dtype != np.int64 or out.shape != (n,)
@@ -215,17 +233,24 @@ cdef object out_array(object out, Py_ssize_t n):
     return out
 
 
+cdef inline size_t align64(size_t n) noexcept nogil:
+    return (n + 63) & ~(<size_t>63)
+
+
 @cython.final   # direct (inlinable) calls of the cdef methods, no vtable
 cdef class FlowTable:
     """Fixed-capacity flow table: key -> flow index in ``0..capacity-1``."""
 
+    cdef void* _mem            # one anonymous mapping holding every array below
+    cdef size_t _mem_len
     cdef Bucket* _b
     cdef FlowKey* _keys
     cdef uint32_t* _tag
     cdef double* _seen
     cdef uint8_t* _used
     cdef int32_t* _free
-    cdef Py_ssize_t _nfree
+    cdef Py_ssize_t _nfree     # entries on the _free stack (freed indices)
+    cdef Py_ssize_t _fresh     # indices >= _fresh were never handed out
     cdef Py_ssize_t _capacity
     cdef Py_ssize_t _n
     cdef size_t _nbuckets
@@ -235,7 +260,8 @@ cdef class FlowTable:
     cdef uint64_t _inserts, _removes, _expired, _lookups, _hits, _probe_total, _probe_max
 
     def __cinit__(self, capacity, key=None):
-        cdef Py_ssize_t i
+        cdef size_t o_keys, o_tag, o_seen, o_used, o_free
+        cdef uint8_t* base
         nb = bucket_count(capacity)           # validates capacity
         self._capacity = capacity = operator.index(capacity)
         self._nbuckets = nb
@@ -244,36 +270,38 @@ cdef class FlowTable:
             raise TypeError("SipHash key must be bytes")
         self._key = PROCESS_KEY if key is None else bytes(key)
         split_key(self._key, &self._k0, &self._k1)
-        self._b = <Bucket*>malloc(self._nbuckets * sizeof(Bucket))
-        self._keys = <FlowKey*>malloc(self._capacity * sizeof(FlowKey))
-        self._tag = <uint32_t*>malloc(self._capacity * sizeof(uint32_t))
-        self._seen = <double*>malloc(self._capacity * sizeof(double))
-        self._used = <uint8_t*>malloc(self._capacity)
-        self._free = <int32_t*>malloc(self._capacity * sizeof(int32_t))
-        if (self._b == NULL or self._keys == NULL or self._tag == NULL or self._seen == NULL
-                or self._used == NULL or self._free == NULL):
+        cdef size_t cap = <size_t>self._capacity
+        o_keys = align64(self._nbuckets * sizeof(Bucket))
+        o_tag = o_keys + align64(cap * sizeof(FlowKey))
+        o_seen = o_tag + align64(cap * sizeof(uint32_t))
+        o_used = o_seen + align64(cap * sizeof(double))
+        o_free = o_used + align64(cap)
+        self._mem_len = o_free + align64(cap * sizeof(int32_t))
+        # Anonymous pages read as zero and are backed only once written.
+        self._mem = mmap(NULL, self._mem_len, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if self._mem == MAP_FAILED:
+            self._mem = NULL
             raise MemoryError(f"cannot allocate a flow table of {capacity} flows")
-        self._reset()
+        base = <uint8_t*>self._mem
+        self._b = <Bucket*>base
+        self._keys = <FlowKey*>(base + o_keys)
+        self._tag = <uint32_t*>(base + o_tag)
+        self._seen = <double*>(base + o_seen)
+        self._used = base + o_used
+        self._free = <int32_t*>(base + o_free)
+        self._nfree = self._fresh = self._n = 0   # all zero: an empty table
 
     def __dealloc__(self):
-        free(self._b)
-        free(self._keys)
-        free(self._tag)
-        free(self._seen)
-        free(self._used)
-        free(self._free)
+        if self._mem != NULL:
+            munmap(self._mem, self._mem_len)
 
     cdef void _reset(self) noexcept nogil:
-        cdef Py_ssize_t i
-        for i in range(<Py_ssize_t>self._nbuckets):
-            self._b[i].tag = 0
-            self._b[i].idx = -1
-        memset(self._used, 0, self._capacity)
-        memset(self._seen, 0, self._capacity * sizeof(double))
-        for i in range(self._capacity):   # top of the stack is index 0
-            self._free[i] = <int32_t>(self._capacity - 1 - i)
-        self._nfree = self._capacity
-        self._n = 0
+        # Only indices below _fresh were ever used (their stamps and flags may be set).
+        memset(self._b, 0, self._nbuckets * sizeof(Bucket))
+        memset(self._used, 0, <size_t>self._fresh)
+        memset(self._seen, 0, <size_t>self._fresh * sizeof(double))
+        self._nfree = self._fresh = self._n = 0
 
     # -- properties -------------------------------------------------------
     @property
@@ -304,18 +332,16 @@ cdef class FlowTable:
         """Flow index of k or -1; *bucket = its bucket or the empty one ending the probe."""
         cdef size_t b = tag & self._mask
         cdef uint64_t n = 1
-        cdef int32_t i
+        cdef int32_t r
         while True:
-            i = self._b[b].idx
-            if i < 0:
-                break
-            if self._b[b].tag == tag and key_eq(&self._keys[i], k):
+            r = self._b[b].ref
+            if r == 0 or (self._b[b].tag == tag and key_eq(&self._keys[r - 1], k)):
                 break
             b = (b + 1) & self._mask
             n += 1
         bucket[0] = b
         probes[0] = n
-        return i
+        return r - 1
 
     cdef inline int32_t _lookup(self, const FlowKey* k) noexcept nogil:
         return self._lookup_tagged(k, self._hash(k))
@@ -340,12 +366,16 @@ cdef class FlowTable:
         cdef int32_t i = self._find(k, tag, &b, &probes)
         if i >= 0:
             return -1
-        if self._nfree == 0:
+        if self._nfree:
+            self._nfree -= 1
+            i = self._free[self._nfree]
+        elif self._fresh < self._capacity:
+            i = <int32_t>self._fresh
+            self._fresh += 1
+        else:
             return -2
-        self._nfree -= 1
-        i = self._free[self._nfree]
         self._b[b].tag = tag
-        self._b[b].idx = i
+        self._b[b].ref = i + 1
         self._keys[i] = k[0]
         self._tag[i] = tag
         self._seen[i] = now
@@ -359,19 +389,19 @@ cdef class FlowTable:
         cdef size_t mask = self._mask
         cdef size_t b = self._tag[i] & mask
         cdef size_t j, home
-        while self._b[b].idx != i:
+        while self._b[b].ref != i + 1:
             b = (b + 1) & mask
         j = b
         while True:
             j = (j + 1) & mask
-            if self._b[j].idx < 0:
+            if self._b[j].ref == 0:
                 break
             home = self._b[j].tag & mask
             # move it back if the hole lies between its home bucket and j
             if ((j - home) & mask) >= ((j - b) & mask):
                 self._b[b] = self._b[j]
                 b = j
-        self._b[b].idx = -1
+        self._b[b].ref = 0
         self._b[b].tag = 0
         self._used[i] = 0
         self._free[self._nfree] = i
@@ -460,6 +490,7 @@ cdef class FlowTable:
 
     def indices(self):
         """Indices in use, ascending, as int64."""
+        np = numpy_module()
         out = np.empty(self._n, dtype=np.int64)
         self._indices(i64_data(out))
         return out
@@ -470,6 +501,7 @@ cdef class FlowTable:
         Returns their indices, ascending, as int64.
         """
         cdef Py_ssize_t n0 = self._n
+        np = numpy_module()
         out = np.empty(n0, dtype=np.int64)
         cdef Py_ssize_t c = self._expire(now, timeout, i64_data(out))
         return out if c == n0 else out[:c].copy()
@@ -495,6 +527,7 @@ cdef class FlowTable:
         """
         cdef KeyRows rows
         keep = key_rows(&rows, protos, sides, saddrs, sports, daddrs, dports)
+        np = numpy_module()
         res = np.empty(rows.n, dtype=np.int64)
         cdef Py_ssize_t failed = self._insert_rows(&rows, now, i64_data(res))
         if failed >= 0:
@@ -510,14 +543,14 @@ cdef class FlowTable:
 
     cdef void _indices(self, int64_t* o) noexcept nogil:
         cdef Py_ssize_t i, c = 0
-        for i in range(self._capacity):
+        for i in range(self._fresh):
             if self._used[i]:
                 o[c] = i
                 c += 1
 
     cdef Py_ssize_t _expire(self, double now, double timeout, int64_t* o) noexcept nogil:
         cdef Py_ssize_t i, c = 0
-        for i in range(self._capacity):
+        for i in range(self._fresh):
             if self._used[i] and now - self._seen[i] >= timeout:
                 o[c] = i
                 c += 1
@@ -533,7 +566,7 @@ cdef class FlowTable:
         cdef FlowKey ks[CHUNK]
         cdef uint32_t tags[CHUNK]
         cdef Py_ssize_t c = 0, r, m
-        cdef int32_t i
+        cdef int32_t r_
         while c < rows.n:
             m = CHUNK if rows.n - c > CHUNK else rows.n - c
             for r in range(m):
@@ -541,9 +574,9 @@ cdef class FlowTable:
                 tags[r] = self._hash(&ks[r])
                 PASSTCORE_PREFETCH(&self._b[tags[r] & self._mask])
             for r in range(m):
-                i = self._b[tags[r] & self._mask].idx
-                if i >= 0:
-                    PASSTCORE_PREFETCH(&self._keys[i])
+                r_ = self._b[tags[r] & self._mask].ref
+                if r_:
+                    PASSTCORE_PREFETCH(&self._keys[r_ - 1])
             for r in range(m):
                 o[c + r] = self._lookup_tagged(&ks[r], tags[r])
             c += m
@@ -564,7 +597,7 @@ cdef class FlowTable:
     cdef size_t _max_displacement(self) noexcept nogil:
         cdef size_t b, d, dmax = 0
         for b in range(self._nbuckets):
-            if self._b[b].idx >= 0:
+            if self._b[b].ref:
                 d = (b - (self._b[b].tag & self._mask)) & self._mask
                 if d > dmax:
                     dmax = d
@@ -598,7 +631,7 @@ cdef class FlowTable:
         cdef Py_ssize_t count = 0, f
         seen = bytearray(self._capacity)
         for b in range(self._nbuckets):
-            i = self._b[b].idx
+            i = self._b[b].ref - 1
             if i < 0:
                 continue
             if i >= self._capacity or not self._used[i] or seen[i]:
@@ -609,13 +642,16 @@ cdef class FlowTable:
                 raise AssertionError(f"flow {i}: stale hash")
             c = self._tag[i] & mask
             while c != b:
-                if self._b[c].idx < 0:
+                if self._b[c].ref == 0:
                     raise AssertionError(f"flow {i}: empty bucket {c} on its probe path")
                 c = (c + 1) & mask
-        if count != self._n or self._n + self._nfree != self._capacity:
+        if count != self._n or self._n + self._nfree + (self._capacity - self._fresh) != self._capacity:
             raise AssertionError("entry count / free list mismatch")
         for f in range(self._nfree):
             i = self._free[f]
-            if i < 0 or i >= self._capacity or seen[i] or self._used[i]:
+            if i < 0 or i >= self._fresh or seen[i] or self._used[i]:
                 raise AssertionError("free list overlaps entries")
             seen[i] = 1
+        for f in range(self._fresh, self._capacity):
+            if self._used[f]:
+                raise AssertionError(f"never-used index {f} marked in use")

@@ -20,9 +20,13 @@ same loop without the GIL and without a Python object per frame.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+# numpy is imported inside the functions that use it, not here: the daemon
+# loads every kernel module but never calls an array API, and numpy would
+# cost it ~15 MB resident (tests/daemon/test_idle_memory.py).
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    import numpy as np
 
 from passtcore_py import csum as _csum
 from passtcore_py import headers as _h
@@ -58,6 +62,7 @@ class Classified:
     )
 
     def __init__(self, n: int) -> None:
+        import numpy as np  # on first use (see the imports above)
         self.status = np.zeros(n, np.int16)
         self.ethertype = np.zeros(n, np.int32)
         self.ip_version = np.zeros(n, np.uint8)
@@ -85,6 +90,7 @@ class Classified:
 
 
 def _frames(offsets: Any, lengths: Any) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np  # on first use (see the imports above)
     offs = np.ascontiguousarray(offsets, dtype=np.int64)
     lens = np.ascontiguousarray(lengths, dtype=np.int64)
     if offs.ndim != 1 or offs.shape != lens.shape:
@@ -119,6 +125,7 @@ def verify_checksums(buf: Any, offsets: Any, lengths: Any, out_ok: np.ndarray) -
 
 def classify(buf: Any, offsets: Any, lengths: Any) -> Classified:
     """Parse every frame: protocol, 5-tuple, offsets, TCP header fields, status."""
+    import numpy as np  # on first use (see the imports above)
     offs, lens = _frames(offsets, lengths)
     out = Classified(len(offs))
     for i in range(len(offs)):
@@ -169,6 +176,7 @@ def fill_checksums(buf: Any, offsets: Any, lengths: Any) -> int:
 
 def _per_frame_addr(a: Any, n: int) -> np.ndarray | None:
     """None, or an (n, w) uint8 array (w = 4 or 16) from bytes or an array."""
+    import numpy as np  # on first use (see the imports above)
     if a is None:
         return None
     if isinstance(a, (bytes, bytearray, memoryview)):
@@ -224,6 +232,7 @@ def rewrite_addresses(buf: Any, offsets: Any, lengths: Any, src: Any = None, dst
 
 
 def _per_frame_int(v: Any, n: int) -> np.ndarray | None:
+    import numpy as np  # on first use (see the imports above)
     if v is None:
         return None
     return np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=np.int64), (n,)))
@@ -264,6 +273,7 @@ def build_tcp_segments(buf: Any, offsets: Any, payload_lens: Any, eth_dst: bytes
     else (addresses, ports, ack, flags, window, options) is shared.  All frames
     are bounds-checked before anything is written (ValueError).
     """
+    import numpy as np  # on first use (see the imports above)
     offs = np.ascontiguousarray(offsets, dtype=np.int64)
     plens = np.ascontiguousarray(payload_lens, dtype=np.int64)
     if offs.ndim != 1 or offs.shape != plens.shape:

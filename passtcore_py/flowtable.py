@@ -55,9 +55,19 @@ from __future__ import annotations
 
 import operator
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+# numpy is imported inside the functions that use it, not here: the daemon
+# loads every kernel module but never calls an array API, and numpy would
+# cost it ~15 MB resident (tests/daemon/test_idle_memory.py).
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    import numpy as np
+
+# numpy used to load ctypes as a side effect, and passtcore.run.daemon.harden()
+# imports ctypes only after dropping privileges, when the standard library may
+# no longer be readable (a Python under /root): load it here, before the drop,
+# until daemon.py imports it earlier itself.
+import ctypes  # noqa: E402,F401
 
 __all__ = [
     "FlowTable",
@@ -190,6 +200,7 @@ def _decode_key(k: bytes) -> tuple[int, int, bytes, int, bytes, int]:
 
 
 def _coerce_small(a: Any, n: int | None, dtype: type, hi: int, name: str) -> np.ndarray:
+    import numpy as np  # on first use (see the imports above)
     arr = np.asarray(a)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
@@ -206,6 +217,7 @@ def _coerce_small(a: Any, n: int | None, dtype: type, hi: int, name: str) -> np.
 
 
 def _coerce_addrs(a: Any, n: int, name: str) -> np.ndarray:
+    import numpy as np  # on first use (see the imports above)
     arr = np.asarray(a)
     if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] not in (4, 16):
         raise ValueError(f"{name} must have shape ({n}, 16) or ({n}, 4), got {arr.shape}")
@@ -231,6 +243,7 @@ def coerce_batch(
     ``(N, 4)`` address arrays are IPv4 and become ``::ffff:a.b.c.d`` rows.
     Arrays already in the right dtype are used without a copy.
     """
+    import numpy as np  # on first use (see the imports above)
     p = _coerce_small(protos, None, np.uint8, 255, "protos")
     n = p.shape[0]
     s = _coerce_small(sides, n, np.uint8, 255, "sides")
@@ -419,6 +432,7 @@ class FlowTable:
 
     def indices(self) -> np.ndarray:
         """Indices in use, ascending, as int64."""
+        import numpy as np  # on first use (see the imports above)
         return np.array([i for i, k in enumerate(self._keys) if k is not None], dtype=np.int64)
 
     def expire(self, now: float, timeout: float) -> np.ndarray:
@@ -426,6 +440,7 @@ class FlowTable:
 
         Returns their indices, ascending, as int64.
         """
+        import numpy as np  # on first use (see the imports above)
         now = float(now)
         timeout = float(timeout)
         gone = [i for i, k in enumerate(self._keys) if k is not None and now - self._seen[i] >= timeout]
@@ -466,6 +481,7 @@ class FlowTable:
 
         :class:`FlowTableFull` when the table fills up: the rows before stay inserted.
         """
+        import numpy as np  # on first use (see the imports above)
         p, s, sa, sp, da, dp = coerce_batch(protos, sides, saddrs, sports, daddrs, dports)
         res = np.empty(p.shape[0], dtype=np.int64)
         for r in range(p.shape[0]):
@@ -538,6 +554,7 @@ class FlowTable:
 
 
 def _out_array(out: Any, n: int) -> np.ndarray:
+    import numpy as np  # on first use (see the imports above)
     if out is None:
         return np.empty(n, dtype=np.int64)
     if not isinstance(out, np.ndarray) or out.dtype != np.int64 or out.shape != (n,):

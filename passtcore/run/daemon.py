@@ -10,6 +10,9 @@ logs the counters; the counters are also logged at exit.
 """
 from __future__ import annotations
 
+# ctypes is imported here, not in harden(): after --runas drops to nobody the
+# standard library may no longer be readable (an interpreter under /root).
+import ctypes
 import logging
 import os
 import signal
@@ -84,8 +87,6 @@ def raise_nofile() -> None:
 def harden() -> None:
     """The cheap part of passt's isolate_postfork: not dumpable, no new privileges.
     (User/mount namespaces, pivot_root and seccomp are not done: see the report.)"""
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
     PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)

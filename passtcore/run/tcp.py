@@ -531,7 +531,7 @@ class TcpEngine:
         c.events = TAP_SYN_RCVD | TAP_SYN_ACK_SENT
         c.last_progress = self._now()
         self._ctrl(c, SYN | ACK, seq=c.isn, options=self._syn_options(c, c.sack),
-                   window=min(WINDOW_DEFAULT << 2, 0xFFFF))
+                   window=0xFFFF)  # SYN windows are unscaled; passt offers 65535
         c.seq_to_tap = (c.isn + 1) & _M32
         c.seq_ack_from_tap = c.seq_to_tap
 
@@ -571,6 +571,8 @@ class TcpEngine:
         elif _d(info.tcp_seq, c.seq_from_tap) < 0:
             self._ctrl(c, ACK)  # zero-length keep-alive probe (11.1 bug 4: answered)
         if (c.events & TAP_FIN_RCVD and c.events & TAP_FIN_ACKED) and not c.events & CLOSED:
+            if c.ack_due:  # the guest's FIN: ACK it now, the queued ACK dies with the flow
+                self._ctrl(c, ACK)
             self._free(c)
 
     def _guest_ack(self, c: Conn, frame: Any, info: Any, plen: int, now: float) -> None:
