@@ -36,8 +36,10 @@ Design (passt-reference section 6; deliberate differences are noted):
 * **SACK.** passt never offers it. Here, when the guest's SYN (or SYN-ACK)
   carries SACK-permitted, ours does too (after passt's 8 option bytes): our
   ACKs then carry SACK blocks for held data, and the guest's SACK blocks drive
-  selective retransmission. Without it on the guest's side, the wire format is
-  passt's. No timestamps.
+  selective retransmission. A guest-initiated connection without it on the
+  guest's side sees passt's exact option bytes; the SYN we send for an accepted
+  host connection always offers SACK-permitted (we cannot know yet whether the
+  guest will take it). No timestamps.
 * **Handshakes.** Guest SYN -> non-blocking ``connect()``; SYN-ACK only once it
   succeeds, RST|ACK at once when refused/unreachable. Duplicate SYNs while the
   connect is pending are ignored (11.1 bug 3 not replicated); keep-alive probes
