@@ -63,12 +63,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     import numpy as np
 
-# numpy used to load ctypes as a side effect, and passtcore.run.daemon.harden()
-# imports ctypes only after dropping privileges, when the standard library may
-# no longer be readable (a Python under /root): load it here, before the drop,
-# until daemon.py imports it earlier itself.
-import ctypes  # noqa: E402,F401
-
 __all__ = [
     "FlowTable",
     "FlowTableFull",

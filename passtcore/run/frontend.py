@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import socket
 import struct
@@ -88,7 +89,7 @@ class StreamConnection:
         self.counters = counters
         self.on_frame = on_frame
         self.on_gone = on_gone
-        self.rbuf = bytearray(RBUF_SIZE)
+        self.rbuf = mmap.mmap(-1, RBUF_SIZE, mmap.MAP_PRIVATE)  # resident once written
         self.rview = memoryview(self.rbuf)
         self.start = self.end = 0
         self.skip = 0               # bytes of a rejected frame still to discard

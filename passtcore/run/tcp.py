@@ -59,6 +59,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import socket
 import struct
@@ -181,7 +182,7 @@ class TcpEngine:
         self.flows = passtcore.flowtable.FlowTable(self.capacity)
         self.conns: dict[int, Conn] = {}
         self.key = os.urandom(16)
-        self.fbuf = bytearray(NSLOTS * SLOT)
+        self.fbuf = mmap.mmap(-1, NSLOTS * SLOT, mmap.MAP_PRIVATE)  # resident once written
         self.fmv = memoryview(self.fbuf)
         self.sbuf = bytearray(256)           # control segments
         self._big_discard: memoryview | None = None

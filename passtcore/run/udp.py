@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import socket
 from typing import Any
 
@@ -72,7 +73,7 @@ class UdpEngine:
         self.by_port: dict[tuple[int, int], UdpFlow] = {}
         # (version, host source port) -> "lo" | "own": last local sender (7.3)
         self.local_src: dict[tuple[int, int], str] = {}
-        self.buf = bytearray(BATCH * SLOT)
+        self.buf = mmap.mmap(-1, BATCH * SLOT, mmap.MAP_PRIVATE)  # resident once written
         self.mv = memoryview(self.buf)
         self.listeners: list[tuple[socket.socket, fwd.Forward]] = []
         if getattr(conf, "no_udp", False):

@@ -28,7 +28,7 @@ GW = bytes([192, 0, 2, 1])       # the gateway (Sandbox.gw4): traffic to it goes
 PEER_ADDR = "198.51.100.7"       # added to the upstream namespace, reached via the default route
 GUEST = bytes([192, 0, 2, 2])    # what the daemon hands the guest (the host's address)
 TCP_PORT, UDP_PORT = 8093, 8094
-SYN, ACK, RST = 0x02, 0x10, 0x04
+SYN, ACK = 0x02, 0x10
 
 # In the upstream namespace: a TCP listener and a UDP receiver, "ready" once bound,
 # then the datagram's payload, then "accepted" for the connection; bounded by timeouts.
