@@ -23,7 +23,6 @@ they are skipped when not root or when network namespaces are unavailable.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -33,6 +32,8 @@ from typing import Any
 import pytest
 
 from passtcore.run.sandbox import Daemon, Sandbox, daemon_binary  # noqa: F401 (re-export)
+
+from netns_support import netns_available, require_netns  # noqa: F401 (re-export)
 
 NETNS_FIXTURES = {"sandbox", "served_guest", "qemu_guest", "serve_guest", "serve_qemu_guest"}
 QEMU_FIXTURES = {"qemu_guest", "serve_qemu_guest"}
@@ -51,30 +52,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.netns)
         if names & QEMU_FIXTURES:
             item.add_marker(pytest.mark.qemu)
-
-
-_NETNS_OK: bool | None = None
-
-
-def netns_available() -> tuple[bool, str]:
-    """Root, ``ip`` and a working ``ip netns add`` (checked once per session)."""
-    global _NETNS_OK
-    if os.geteuid() != 0:
-        return False, "needs root (network namespaces)"
-    if not shutil.which("ip"):
-        return False, "needs iproute2"
-    if _NETNS_OK is None:
-        probe = f"pc-probe-{os.getpid()}"
-        r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, timeout=20)
-        _NETNS_OK = r.returncode == 0
-        subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=20)
-    return (_NETNS_OK, "" if _NETNS_OK else "network namespaces unavailable")
-
-
-def require_netns() -> None:
-    ok, why = netns_available()
-    if not ok:
-        pytest.skip(why)
 
 
 @pytest.fixture

@@ -8,16 +8,13 @@ namespace.
 """
 from __future__ import annotations
 
-import os
 import socket
 import struct
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
+from netns_support import require_netns  # noqa: F401 (re-export)
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
@@ -72,16 +69,6 @@ class Guest:
         except TimeoutError:
             return
         raise AssertionError(f"unexpected reply: {pkt.summary()} {raw.hex()}")
-
-
-def require_netns() -> None:
-    """tests/conftest.py's check (root + a working ``ip netns add``), once per session."""
-    top = sys.modules.get("conftest")
-    check = getattr(top, "require_netns", None)
-    if check is not None:
-        check()
-    elif os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
 
 
 def host_socket(sb: Sandbox, family: int, kind: int) -> socket.socket:

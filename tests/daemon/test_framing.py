@@ -20,7 +20,7 @@ pytestmark = pytest.mark.netns
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
-    from tests.conftest import require_netns
+    from netns_support import require_netns
 
     require_netns()
     with Sandbox() as sb:
