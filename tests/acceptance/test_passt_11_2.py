@@ -149,7 +149,7 @@ def test_second_start_refused_probe_not_a_client(sandbox: Sandbox) -> None:
 
 
 # -- ARP (5.1) ------------------------------------------------------------------------------
-@pytest.mark.parametrize("target", [GW4, "198.51.100.77", "203.0.113.9", "10.1.2.3"])
+@pytest.mark.parametrize("target", [GW4, "198.51.100.77", "203.0.113.9", "203.0.113.201"])
 def test_arp_any_address_42_bytes(world: Guest, target: str) -> None:
     world.send(who_has(target))
     raw, pkt = world.expect(lambda p: ARP in p and p[ARP].op == 2 and p[ARP].psrc == target)
@@ -225,7 +225,7 @@ def test_dhcp_request_ack(world: Guest) -> None:
     raw, pkt = world.expect(lambda p: is_udp(p, 67, 68) and p[BOOTP].xid == XID)
     _check_dhcp_reply(raw, pkt, 5)
     # ACK always, no NAK: even for a foreign address and server id.
-    world.send(_dhcp("request", requested_addr="10.9.9.9", server_id="10.9.9.1"))
+    world.send(_dhcp("request", requested_addr="198.51.100.99", server_id="198.51.100.98"))
     raw, pkt = world.expect(lambda p: is_udp(p, 67, 68) and p[BOOTP].xid == XID)
     _check_dhcp_reply(raw, pkt, 5)
 

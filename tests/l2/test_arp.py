@@ -32,7 +32,7 @@ def test_reply_bytes_match_passt(harness):
 
 def test_any_address_is_answered(harness):
     h = harness(ArpEngine)
-    for target in ("203.0.113.7", "198.51.100.1", "192.0.2.200", "10.1.2.3"):
+    for target in ("203.0.113.7", "198.51.100.1", "192.0.2.200", "203.0.113.201"):
         (reply,) = h.send(who_has(target))
         assert Ether(reply)[ARP].psrc == target
 
