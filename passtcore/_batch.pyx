@@ -13,8 +13,8 @@ from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
 from libc.string cimport memcpy
 
 from passtcore._kern cimport (
-    E_BAD_BOUNDS, E_OK, PInfo, frame_ok, ip_l4_fill, p_frame, p_ip, pc_csum, pc_fold, pc_load16,
-    pc_load32, pc_store16, pc_store32, pc_update16, pc_update32, rewrite_addr, wbuf,
+    E_BAD_BOUNDS, E_OK, PInfo, frame_ok, ip_l4_fill, numpy_module, p_frame, p_ip, pc_csum, pc_fold,
+    pc_load16, pc_load32, pc_store16, pc_store32, pc_update16, pc_update32, rewrite_addr, wbuf,
 )
 from passtcore._headers import build_tcp as _build_tcp
 from passtcore._headers import header_len as _header_len
@@ -25,19 +25,6 @@ __all__ = [
     "Classified", "STATUS_OK", "verify_checksums", "classify", "fill_checksums",
     "rewrite_addresses", "set_tcp_ack_window", "build_tcp_segments", "status_reason",
 ]
-
-# numpy is imported on first use, not at import time: the daemon loads this
-# module but never calls an array API, and numpy would cost it ~15 MB resident
-# (tests/daemon/test_idle_memory.py).  Typed memoryviews do not need it.
-cdef object _numpy = None
-
-
-cdef object numpy_module():
-    global _numpy
-    if _numpy is None:
-        import numpy
-        _numpy = numpy
-    return _numpy
 
 
 cdef inline int _parse(const uint8_t* b, Py_ssize_t blen, int64_t off, int64_t ln, PInfo* i) noexcept nogil:

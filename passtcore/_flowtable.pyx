@@ -39,6 +39,7 @@ from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_
 
 import operator
 
+from passtcore._kern cimport numpy_module
 from passtcore._siphash cimport siphash24_raw
 
 from passtcore_py.flowtable import (
@@ -62,19 +63,6 @@ __all__ = [
     "PROCESS_KEY",
     "MAX_CAPACITY",
 ]
-
-# numpy is imported on first use, not at import time: the daemon loads this
-# module but never calls an array API, and numpy would cost it ~15 MB resident
-# (tests/daemon/test_idle_memory.py).  Typed memoryviews do not need it.
-cdef object _numpy = None
-
-
-cdef object numpy_module():
-    global _numpy
-    if _numpy is None:
-        import numpy
-        _numpy = numpy
-    return _numpy
 
 
 cdef enum:

@@ -669,3 +669,12 @@ cdef inline void rewrite_addr(uint8_t* b, const PInfo* i, Py_ssize_t o, const ui
     if coff >= 0:
         update_field(b, coff, b + o, a, alen, i.l4_proto == 17)
     memcpy(b + o, a, alen)
+
+
+# numpy is imported on first use, not at import time: the daemon loads the
+# kernels but never calls an array API, and numpy would cost it ~15 MB resident
+# (tests/daemon/test_idle_memory.py). Typed memoryviews do not need it. Called
+# once per array-API call (never per packet), so the import is a sys.modules hit.
+cdef inline object numpy_module():
+    import numpy
+    return numpy
