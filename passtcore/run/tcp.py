@@ -471,15 +471,7 @@ class TcpEngine:
             self._reply_rst(info)
             return
         c.events = TAP_SYN_RCVD
-        c.guest_isn = info.tcp_seq
-        c.seq_from_tap = (info.tcp_seq + 1) & _M32
-        mss = info.tcp_mss if info.tcp_mss and info.tcp_mss > 0 else MSS_DEFAULT
-        c.mss = max(64, min(mss, 65535 - 60) & ~3)
-        if info.tcp_wscale is not None and info.tcp_wscale >= 0:
-            c.ws_from_tap = info.tcp_wscale if info.tcp_wscale <= 14 else 0
-            c.ws_to_tap = WS_OFFERED
-        c.sack = bool(info.tcp_sack_ok)
-        c.wnd_from_tap = max(info.tcp_window, 1)
+        self._learn_syn(c, info)
         c.isn = self._isn(info.dst, info.sport, info.src, info.dport)
         c.seq_to_tap = c.seq_ack_from_tap = c.isn
         # No TCP_MAXSEG from the guest's MSS (passt sets it): we re-segment for the
@@ -531,6 +523,20 @@ class TcpEngine:
             return
         self._syn_ack(c)
 
+    @staticmethod
+    def _learn_syn(c: Conn, info: Any) -> None:
+        """The guest's side of a handshake, from its SYN or SYN-ACK: ISN, MSS,
+        window scale, SACK (we offer it whenever the guest does), window."""
+        c.guest_isn = info.tcp_seq
+        c.seq_from_tap = (info.tcp_seq + 1) & _M32
+        mss = info.tcp_mss if info.tcp_mss and info.tcp_mss > 0 else MSS_DEFAULT
+        c.mss = max(64, min(mss, 65535 - 60) & ~3)
+        if info.tcp_wscale is not None and info.tcp_wscale >= 0:
+            c.ws_from_tap = info.tcp_wscale if info.tcp_wscale <= 14 else 0
+            c.ws_to_tap = WS_OFFERED
+        c.sack = bool(info.tcp_sack_ok)
+        c.wnd_from_tap = max(info.tcp_window, 1)  # SYN windows are unscaled
+
     def _syn_ack(self, c: Conn) -> None:
         c.events = TAP_SYN_RCVD | TAP_SYN_ACK_SENT
         c.last_progress = self._now()
@@ -544,15 +550,7 @@ class TcpEngine:
         if flags & (SYN | ACK | FIN) != SYN | ACK or info.tcp_ack != c.seq_to_tap:
             self._reset(c)
             return
-        c.guest_isn = info.tcp_seq
-        c.seq_from_tap = (info.tcp_seq + 1) & _M32
-        mss = info.tcp_mss if info.tcp_mss and info.tcp_mss > 0 else MSS_DEFAULT
-        c.mss = max(64, min(mss, 65535 - 60) & ~3)
-        if info.tcp_wscale is not None and info.tcp_wscale >= 0:
-            c.ws_from_tap = info.tcp_wscale if info.tcp_wscale <= 14 else 0
-            c.ws_to_tap = WS_OFFERED
-        c.sack = bool(info.tcp_sack_ok)  # we offered it in our SYN
-        c.wnd_from_tap = max(info.tcp_window, 1)  # SYN windows are unscaled
+        self._learn_syn(c, info)
         c.events = ESTABLISHED
         c.retries = 0
         c.last_progress = self._now()
