@@ -12,7 +12,6 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from netns_support import require_netns  # noqa: F401 (re-export)
 from scapy.layers.inet import IP, TCP, UDP
@@ -80,19 +79,6 @@ def host_socket(sb: Sandbox, family: int, kind: int) -> socket.socket:
 def l4_checksum_ok(raw: bytes) -> bool:
     import passtcore
     return bool(passtcore.csum.verify_frame(raw))
-
-
-def wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def is_tcp(pkt: Ether, sport: int | None = None, dport: int | None = None) -> bool:

@@ -81,12 +81,12 @@ from scapy.layers.inet6 import (ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6ND_RS, ICMPv6NDO
 from scapy.layers.l2 import ARP, Ether
 
 import passtcore
-from daemon.helpers import StreamClient
+from daemon.helpers import StreamClient, wait_gone
 from passtcore.run.sandbox import Sandbox, daemon_binary
 
 from .support import (ADDR4, ADDR6, FWD_TCP, GUEST_LL, GUEST_MAC, GW4, GW6, OUR_MAC, Conn, Guest,
                       dhcp6, options6, tcp_frame, who_has, host_socket, is_tcp, is_udp,
-                      l4_checksum_ok, raw_icmp6_type, require_netns, wait_gone)
+                      l4_checksum_ok, raw_icmp6_type, require_netns)
 
 pytestmark = pytest.mark.netns
 

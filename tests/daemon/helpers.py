@@ -4,6 +4,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from pathlib import Path
 
 GUEST_MAC = bytes.fromhex("525400123456")
 
@@ -95,3 +96,17 @@ class StreamClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once ``pid`` has exited (gone or a zombie), within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.02)
+    return False

@@ -15,24 +15,11 @@ import pytest
 
 from passtcore.run.sandbox import Sandbox, daemon_binary
 
-from .helpers import StreamClient, arp_request, target_of_reply
+from .helpers import StreamClient, arp_request, target_of_reply, wait_gone
 
 pytestmark = pytest.mark.netns
 
 GW = bytes([192, 0, 2, 1])
-
-
-def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _arp_roundtrip(path: str) -> StreamClient:
@@ -80,7 +67,7 @@ def test_libvirt_style_start_one_off(sandbox: Sandbox) -> None:
     (reply,) = client.recv_frames(1)
     assert target_of_reply(reply) == GW
     client.close()
-    assert _wait_gone(pid), "--one-off daemon did not exit when the client went"
+    assert wait_gone(pid), "--one-off daemon did not exit when the client went"
     logtext = Path(log).read_text()
     assert logtext.startswith("passt 0.1.0: ")
     assert f"({pid})" in logtext.splitlines()[0]
@@ -93,7 +80,7 @@ def test_libvirt_style_start_one_off(sandbox: Sandbox) -> None:
     assert r.returncode == 0 and sock2 == sock, r.stderr
     pid2 = int(Path(pidfile2).read_text())
     _arp_roundtrip(sock).close()
-    assert _wait_gone(pid2)
+    assert wait_gone(pid2)
 
 
 def test_second_start_is_refused_and_first_survives(sandbox: Sandbox) -> None:
@@ -105,10 +92,10 @@ def test_second_start_is_refused_and_first_survives(sandbox: Sandbox) -> None:
     assert r2.returncode == 1
     assert r2.stderr.strip() == f"passtcore-run: Socket path {sock} already in use"
     time.sleep(0.2)
-    assert not _wait_gone(pid, 0.3), "the probe of the second start killed the first daemon"
+    assert not wait_gone(pid, 0.3), "the probe of the second start killed the first daemon"
     c = _arp_roundtrip(sock)  # and it still serves
     c.close()
-    assert _wait_gone(pid)
+    assert wait_gone(pid)
 
 
 def test_reconnect_without_one_off_and_sigterm(sandbox: Sandbox) -> None:
