@@ -27,7 +27,10 @@ Lifetime: a stale socket file (nothing listening) is removed before binding;
 if another process is listening there, or the path is not a socket, or binding
 fails, the process logs why and exits 1. ``Shutdown`` (idempotent) and
 SIGTERM/SIGINT/SIGHUP/SIGQUIT stop the server gracefully (in-flight calls
-complete), remove the socket file and exit 0. Logs go to stderr.
+complete), remove the socket file and exit 0. Logs go to stderr. Without
+grpcio/protobuf (``pip install passtcore`` without the ``sidecar`` extra) it
+prints one line saying what to install and exits 1; ``--help`` and
+``--version`` work without them.
 
 Memory: only grpc, protobuf and the stdlib are imported (``import passtcore``
 is lazy; no numpy, no kernels), keeping the RSS below the 64 MB limit of
@@ -262,6 +265,33 @@ def limit_heap_growth() -> None:
         pass  # not glibc: nothing to tune
 
 
+INSTALL_HINT = "pip install 'passtcore[sidecar]'"
+
+
+def missing_runtime() -> str:
+    """What keeps the server from starting, in one line ('' when grpcio and protobuf are usable).
+
+    grpcio and protobuf come with the ``sidecar`` extra, not with a plain
+    ``pip install passtcore``. The generated modules are imported here too:
+    they refuse a protobuf runtime older than the one they were compiled for.
+    """
+    missing = []
+    for module, dist in (("grpc", "grpcio"), ("google.protobuf", "protobuf")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(dist)
+    if missing:
+        return f"needs {' and '.join(missing)}: {INSTALL_HINT}"
+    try:
+        from passtcore.kubevirt.proto import api_info_pb2, api_v1alpha2_pb2, api_v1alpha3_pb2  # noqa: F401
+    except Exception as err:  # ImportError or protobuf's VersionError: an unsupported runtime
+        detail = " ".join(str(err).split()) or type(err).__name__
+        return (f"the installed grpcio/protobuf do not fit the generated modules ({detail}): "
+                f"{INSTALL_HINT.replace('install', 'install --upgrade', 1)}")
+    return ""
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="passtcore-sidecar",
@@ -283,6 +313,10 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    problem = missing_runtime()
+    if problem:
+        print(f"passtcore-sidecar: {problem}", file=sys.stderr)
+        return 1
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s passtcore-sidecar %(levelname)s: %(message)s")
     flavour = os.environ.get(FLAVOUR_ENV, "") or "vhostuser"
