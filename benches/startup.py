@@ -37,7 +37,7 @@ def measure_startup(runs: int, plain: bool = False) -> list[float]:
     with site-packages and the source tree on PYTHONPATH): what start-up costs
     when no .pth file or editable-install finder runs (a wheel install with a
     lean site-packages)."""
-    from passtcore.run.sandbox import daemon_binary
+    from passtcore.sandbox import daemon_binary
 
     cmd = [daemon_binary()]
     env = None
@@ -45,7 +45,7 @@ def measure_startup(runs: int, plain: bool = False) -> list[float]:
         import sysconfig
 
         cmd = [sys.executable, "-S", "-c",
-               "import sys; from passtcore.run.cli import main; sys.argv[0] = 'passtcore-run';"
+               "import sys; from passtcore.run.process.cli import main; sys.argv[0] = 'passtcore-run';"
                " sys.exit(main())"]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(HERE.parent.parent), sysconfig.get_paths()["purelib"]]))
@@ -121,7 +121,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 1
-    from passtcore.run.sandbox import Sandbox
+    from passtcore.sandbox import Sandbox
 
     with Sandbox(prefix="pcb") as sb:
         r = sb.host(sys.executable, str(HERE), "--inner", "--runs", str(args.runs),

@@ -491,8 +491,17 @@ cdef class FlowTable:
         cdef Py_ssize_t n0 = self._n
         np = numpy_module()
         out = np.empty(n0, dtype=np.int64)
-        cdef Py_ssize_t c = self._expire(now, timeout, i64_data(out))
+        cdef Py_ssize_t c = self._expire(now, timeout, i64_data(out), n0)
         return out if c == n0 else out[:c].copy()
+
+    def expire_into(self, double now, double timeout, out) -> int:
+        """Like :meth:`expire`, into a caller's writable int64 buffer (``array('q')``,
+        numpy): removes at most ``len(out)`` flows, lowest indices first, and returns
+        how many. Needs no numpy (the daemon's expiry path)."""
+        cdef int64_t[::1] v = out
+        if v.shape[0] == 0:
+            return 0
+        return self._expire(now, timeout, &v[0], v.shape[0])
 
     def clear(self) -> None:
         """Remove every flow (counters are kept; indices restart at 0)."""
@@ -536,9 +545,12 @@ cdef class FlowTable:
                 o[c] = i
                 c += 1
 
-    cdef Py_ssize_t _expire(self, double now, double timeout, int64_t* o) noexcept nogil:
+    cdef Py_ssize_t _expire(self, double now, double timeout, int64_t* o,
+                            Py_ssize_t limit) noexcept nogil:
         cdef Py_ssize_t i, c = 0
         for i in range(self._fresh):
+            if c == limit:
+                break
             if self._used[i] and now - self._seen[i] >= timeout:
                 o[c] = i
                 c += 1

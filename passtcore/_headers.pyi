@@ -75,7 +75,7 @@ def build_tcp(
 ) -> int: ...
 def build_udp(
     buf: Any, offset: int, eth_dst: bytes, eth_src: bytes, src: bytes, dst: bytes, sport: int,
-    dport: int, payload_len: int,
+    dport: int, payload_len: int, l4_csum: bool = True,
 ) -> int: ...
 def build_icmp(
     buf: Any, offset: int, eth_dst: bytes, eth_src: bytes, src: bytes, dst: bytes, type: int,

@@ -588,8 +588,11 @@ def build_tcp(buf, Py_ssize_t offset, eth_dst, eth_src, src, dst, int sport, int
 
 
 def build_udp(buf, Py_ssize_t offset, eth_dst, eth_src, src, dst, int sport, int dport,
-              Py_ssize_t payload_len):
-    """Write Ethernet+IP+UDP headers at ``offset`` before the payload; returns the frame length."""
+              Py_ssize_t payload_len, bint l4_csum=True):
+    """Write Ethernet+IP+UDP headers at ``offset`` before the payload; returns the frame length.
+
+    ``l4_csum=False`` leaves an IPv4 UDP checksum at 0 ("none", RFC 768: what passt
+    sends) without summing the payload; IPv6 always gets one (RFC 8200)."""
     cdef Py_buffer v
     cdef uint8_t* b = wbuf(buf, &v)
     cdef bytes s = _as_bytes(src)
@@ -607,7 +610,8 @@ def build_udp(buf, Py_ssize_t offset, eth_dst, eth_src, src, dst, int sport, int
         pc_store16(b + l4 + 2, dport & 0xFFFF)
         pc_store16(b + l4 + 4, <uint32_t>l4len)
         pc_store16(b + l4 + 6, 0)
-        _finish(b, l4, l4len, 6, ps, True)
+        if l4_csum or len(s) == 16:
+            _finish(b, l4, l4len, 6, ps, True)
     finally:
         PyBuffer_Release(&v)
     return hl + payload_len

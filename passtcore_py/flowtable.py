@@ -443,6 +443,25 @@ class FlowTable:
         self._expired += len(gone)
         return np.array(gone, dtype=np.int64)
 
+    def expire_into(self, now: float, timeout: float, out: Any) -> int:
+        """Like :meth:`expire`, into a caller's writable int64 buffer (``array('q')``,
+        numpy): removes at most ``len(out)`` flows, lowest indices first, and returns
+        how many. Needs no numpy (the daemon's expiry path)."""
+        now = float(now)
+        timeout = float(timeout)
+        view = memoryview(out).cast("B").cast("q")
+        gone = []
+        for i, k in enumerate(self._keys):
+            if len(gone) == len(view):
+                break
+            if k is not None and now - self._seen[i] >= timeout:
+                gone.append(i)
+        for c, i in enumerate(gone):
+            self._unlink(i)
+            view[c] = i
+        self._expired += len(gone)
+        return len(gone)
+
     def clear(self) -> None:
         """Remove every flow (counters are kept; indices restart at 0)."""
         self._removes += self._n

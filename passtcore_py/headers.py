@@ -688,8 +688,11 @@ def build_tcp(buf: Any, offset: int, eth_dst: bytes, eth_src: bytes, src: bytes,
 
 
 def build_udp(buf: Any, offset: int, eth_dst: bytes, eth_src: bytes, src: bytes, dst: bytes,
-              sport: int, dport: int, payload_len: int) -> int:
-    """Write Ethernet+IP+UDP headers at ``offset`` before the payload; returns the frame length."""
+              sport: int, dport: int, payload_len: int, l4_csum: bool = True) -> int:
+    """Write Ethernet+IP+UDP headers at ``offset`` before the payload; returns the frame length.
+
+    ``l4_csum=False`` leaves an IPv4 UDP checksum at 0 ("none", RFC 768: what passt
+    sends) without summing the payload; IPv6 always gets one (RFC 8200)."""
     mv = _wview(buf)
     if payload_len < 0:
         raise ValueError("payload_len must be >= 0")
@@ -698,7 +701,8 @@ def build_udp(buf: Any, offset: int, eth_dst: bytes, eth_src: bytes, src: bytes,
     _l3, s = _build_l3(mv, offset, eth_dst, eth_src, src, dst, IPPROTO_UDP, l4len, hl + payload_len)
     l4 = offset + hl - 8
     mv[l4 : l4 + 8] = struct.pack("!HHHH", sport & 0xFFFF, dport & 0xFFFF, l4len, 0)
-    _finish_l4(mv, l4, l4len, 6, s, True)
+    if l4_csum or len(bytes(src)) == 16:
+        _finish_l4(mv, l4, l4len, 6, s, True)
     return hl + payload_len
 
 

@@ -1,6 +1,6 @@
 """Shared fixtures: private namespaces and a daemon serving a real guest stack.
 
-- ``sandbox``: a fresh ``passtcore.run.sandbox.Sandbox`` (upstream, host, guest
+- ``sandbox``: a fresh ``passtcore.sandbox.Sandbox`` (upstream, host, guest
   namespaces; see its docstring for the addresses). Removed after the test.
 - ``served_guest``: a sandbox whose guest namespace is served by
   ``passtcore-run --netns <guest> --ns-ifname eth0 -f`` running in the host
@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from passtcore.run.sandbox import Daemon, Sandbox, daemon_binary  # noqa: F401 (re-export)
+from passtcore.sandbox import Daemon, Sandbox, daemon_binary  # noqa: F401 (re-export)
 
 from netns_support import netns_available, require_netns  # noqa: F401 (re-export)
 

@@ -16,7 +16,7 @@ run in a namespace through ``ip netns exec``, which also bind-mounts the
 per-namespace resolv.conf, so a translator copying "the host's DNS" copies
 127.0.0.1.
 
-The topology itself comes from ``passtcore.run.sandbox.Sandbox`` (shared with
+The topology itself comes from ``passtcore.sandbox.Sandbox`` (shared with
 the test-suite and the demo); ``Env`` adds what only the benchmark needs: the
 plain-veth baseline, sysctls for the connection-rate loop, and processes it
 owns by PID (to read their RSS, and with output to files, never to pipes a
@@ -91,7 +91,7 @@ def _sandbox_class():
     if os.environ.get("PASSTCORE_E2E_OWN_NETNS") == "1":  # exercise the fallback
         return None
     try:
-        from passtcore.run.sandbox import Sandbox
+        from passtcore.sandbox import Sandbox
     except Exception:  # noqa: BLE001 - any breakage there must not stop the other rows
         return None
     return Sandbox
@@ -119,7 +119,7 @@ class Env:
             self.upstream = self.sandbox.upstream_ns
             self.host = self.sandbox.host_ns
             self.guest = self.sandbox.guest_ns
-            self.topology = "passtcore.run.sandbox.Sandbox"
+            self.topology = "passtcore.sandbox.Sandbox"
         else:
             self.upstream = self.upstream or f"pcbu-{self.suffix}"
             self.host = self.host or f"pcbh-{self.suffix}"
@@ -254,5 +254,5 @@ class Env:
 
 
 def make_env() -> Env:
-    """The one factory run.py uses (swap point for passtcore.run.sandbox)."""
+    """The one factory run.py uses (swap point for passtcore.sandbox)."""
     return Env()

@@ -33,7 +33,7 @@ measures them side by side in one run:
 | `slirp4netns` | `slirp4netns --configure --mtu=MTU --netns-type=path <guest> tap0` | 10.0.2.2 (-> host loopback) |
 | `veth` | a plain veth pair host ns <-> guest ns (no translation: the upper bound) | 198.51.100.1 |
 
-Measurements, each row in its own fresh namespaces (`passtcore.run.sandbox`:
+Measurements, each row in its own fresh namespaces (`passtcore.sandbox`:
 upstream/host/guest, documentation addresses, a private resolv.conf), one fresh
 translator per guest MTU:
 

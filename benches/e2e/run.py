@@ -144,7 +144,7 @@ def bench_mtu(name: str, mtu: int, cfg: dict, logdir: str, res: dict) -> str | N
                     res["notes"].append(note)
         if not link.alive():
             return link.exit_reason()
-    if name == "passtcore":
+    if name in ("passtcore", "baseline"):
         # Logged on SIGTERM: frames, bytes and drops by reason, to explain a bad row.
         res.setdefault("daemon_counters", {})[str(mtu)] = link.final_counters()
     return None
@@ -175,8 +175,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    + " (also accepted: passtcore-run, slirp)")
     p.add_argument("--json", dest="json_out", default=DEFAULT_JSON,
                    help="write results to this JSON file (default: %(default)s)")
+    p.add_argument("--baseline", metavar="EXE",
+                   help="also measure another passtcore-run executable (e.g. a wrapper that runs "
+                        "an older checkout) as the 'baseline' column")
     a = p.parse_args(argv)
+    if a.baseline:
+        from translators import PasstcoreRun
+
+        ALL["baseline"] = PasstcoreRun("baseline", a.baseline)
     names = [ALIASES.get(n.strip(), n.strip()) for n in a.only.split(",") if n.strip()] or list(ALL)
+    if a.baseline and "baseline" not in names:
+        names.append("baseline")
     unknown = [n for n in names if n not in ALL]
     if unknown:
         p.error(f"unknown translator(s) {unknown}; choose from {','.join(ALL)}")

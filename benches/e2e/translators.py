@@ -181,7 +181,7 @@ class Slirp4netns(Translator):
 
 def passtcore_run_path() -> str:
     try:
-        from passtcore.run.sandbox import daemon_binary
+        from passtcore.sandbox import daemon_binary
         return daemon_binary()
     except Exception:  # noqa: BLE001 - fall back to the venv's console script
         cand = os.path.join(os.path.dirname(sys.executable), "passtcore-run")
@@ -189,7 +189,13 @@ def passtcore_run_path() -> str:
 
 
 class PasstcoreRun(Translator):
+    """passtcore-run from this venv, or ``exe`` (another build, e.g. a baseline checkout)."""
+
     name = "passtcore"
+
+    def __init__(self, name: str = "passtcore", exe: str | None = None) -> None:
+        self.name = name
+        self.exe = exe
 
     def _help(self, exe: str) -> str:
         try:
@@ -203,13 +209,13 @@ class PasstcoreRun(Translator):
         return text
 
     def start(self, env: Env, mtu: int, logdir: str) -> Link:
-        exe = passtcore_run_path()
+        exe = self.exe or passtcore_run_path()
         help_text = self._help(exe)
         pidfile = os.path.join(logdir, f"passtcore-{env.suffix}.pid")
         argv = [exe, "--netns", f"/run/netns/{env.guest}", "-f", "-m", str(mtu),
                 "-t", "none", "-u", "none", "-P", pidfile]
         if "--ns-ifname" in help_text:
-            argv += ["--ns-ifname", "eth0"]  # as passtcore.run.sandbox names it
+            argv += ["--ns-ifname", "eth0"]  # as passtcore.sandbox names it
         if "--config-net" in help_text:
             argv.append("--config-net")
         # No --runas: like passt, the daemon drops to nobody; the sandbox sets

@@ -1,6 +1,6 @@
 """``python -m passtcore.run`` = the ``passtcore-run`` console script."""
 import sys
 
-from passtcore.run.cli import main
+from passtcore.run.process.cli import main
 
 sys.exit(main())

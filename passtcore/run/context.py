@@ -1,32 +1,31 @@
 """The Context handed to every protocol engine.
 
-It bundles what an engine needs and nothing about how frames travel:
-the network configuration (``conf``), the counters, the loop, what was
-learned from guest traffic (guest MAC, addresses seen) and the two output
-calls ``to_guest``/``to_guest_many``. Output goes to the pcap writer, then to
-whichever front end is attached (stream socket, inherited fd, or tap); the
-front end guarantees whole frames only.
+It bundles what an engine needs and nothing about how frames travel: the
+network configuration (``conf``), the counters, the loop, the flow registry
+(``flows``), what was learned from guest traffic (guest MAC, addresses seen)
+and the output calls. Engines build frames to the guest in the front end's
+slots (``tx_slots(n)`` then ``tx_commit(lengths)``: see io/frontend.py) or
+hand over frames built elsewhere (``to_guest``/``to_guest_many``, a copy).
+Either way committed frames go to the pcap writer, then to the front end,
+which sends them whole or counts them as dropped.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from passtcore.run.counters import Counters
+from passtcore.run.flows import DEFAULT_MAX_FLOWS, FlowRegistry
+from passtcore.run.io.frontend import Frontend, MemoryFrontend
 
 if TYPE_CHECKING:
-    from passtcore.run.conf import NetConfig
-    from passtcore.run.loop import Loop
-    from passtcore.run.pcap import PcapWriter
+    from passtcore.run.io.loop import Loop
+    from passtcore.run.io.pcap import PcapWriter
+    from passtcore.run.process.config import NetConfig
 
 BROADCAST = b"\xff" * 6
 Frame = bytes | bytearray | memoryview
-
-
-class FrameSink(Protocol):
-    def send(self, frame: Frame) -> bool: ...
-    def send_many(self, frames: list[Frame]) -> int: ...
 
 
 class Context:
@@ -40,7 +39,10 @@ class Context:
         self.pcap = pcap
         self.options = options
         self.log = logging.getLogger("passtcore.run")
-        self.frontend: FrameSink | None = None
+        # Until a front end is attached, frames go to a memory front end (kept: tests read it).
+        self.frontend: Frontend = MemoryFrontend(self.counters)
+        self.flows = FlowRegistry(int(getattr(conf, "max_flows", 0) or DEFAULT_MAX_FLOWS),
+                                  self.counters, lambda: loop.now())
         self.guest_mac: bytes = BROADCAST
         # Learned from guest traffic (passt-reference 4.7).
         self.addr_seen4: bytes | None = conf.addr4
@@ -48,15 +50,20 @@ class Context:
         self.addr_ll_seen6: bytes | None = None  # the guest's, once it uses it (conf.addr6_ll is ours)
         self.engines: dict[str, Any] = {}
 
-    def to_guest(self, frame: Frame) -> None:
-        """Send one complete Ethernet frame to the guest (captured, counted)."""
+    # -- output to the guest ---------------------------------------------------
+    def tx_slots(self, n: int) -> list[memoryview]:
+        """Up to ``n`` writable frame buffers of the front end (see io/frontend.py)."""
+        return self.frontend.tx_slots(n)
+
+    def tx_commit(self, lengths: Sequence[int]) -> int:
+        """Send the first ``len(lengths)`` slots, captured first; frames accepted."""
         if self.pcap is not None:
-            self.pcap.write(frame)
-        fe = self.frontend
-        if fe is None:
-            self.counters.drop("no-guest")
-            return
-        fe.send(frame)
+            self.pcap.write_many(self.frontend.slot_frames(lengths))
+        return self.frontend.tx_commit(lengths)
+
+    def to_guest(self, frame: Frame) -> None:
+        """Send one complete Ethernet frame built elsewhere (a copy)."""
+        self.to_guest_many((frame,))
 
     def to_guest_many(self, frames: Iterable[Frame]) -> None:
         frames = list(frames)
@@ -64,11 +71,7 @@ class Context:
             return
         if self.pcap is not None:
             self.pcap.write_many(frames)
-        fe = self.frontend
-        if fe is None:
-            self.counters.drop("no-guest", len(frames))
-            return
-        fe.send_many(frames)
+        self.frontend.send_many(frames)
 
     # Learning, called by the dispatcher for every parsed guest frame.
     def learn(self, info: Any) -> None:

@@ -1,204 +1,177 @@
-"""Route guest frames to the protocol engines; count and drop everything else.
+"""Guest frames to engines: one route table, one error boundary, drops counted.
 
-Routing (passt-reference 1.1, 5.6): ARP -> arp; IPv4 UDP dport 67 -> dhcp;
-ICMPv6 133 (RS) / 135 (NS) -> ndp; IPv6 UDP dport 547 -> dhcpv6; ICMP/ICMPv6
-echo requests -> icmp; TCP -> tcp; other UDP -> udp. Anything else is dropped
-and counted by a short reason. Frames are parsed once with the shared kernel
-(``passtcore.headers.parse_frame``), which also accepts Ethernet padding.
+A front end hands over a batch (buffer, offsets, lengths, count:
+io/frontend.py); ``Dispatcher.handle_batch`` takes each frame in turn:
 
-Engines are optional and loaded lazily: a module that does not exist yet, or
-does not import, makes its traffic count as ``no-engine-<name>``, so the
-daemon works at every stage of the project. An engine module exposes one of
-(first match wins): ``create(ctx)``, ``make_engine(ctx)``, a class ``Engine``,
-or a class named ``<Name>Engine`` in any letter case (``ArpEngine``,
-``DHCPv6Engine``...); that is called with the Context.
+1. learn the guest's MAC from the source address;
+2. parse it once (``passtcore.headers.parse_frame``: bounds-checked, ignores
+   Ethernet padding); a malformed frame is a drop named by ``ParseError.reason``;
+3. learn the guest's addresses from it (``Context.learn``);
+4. route it (``route``, passt-reference 1.1 and 5.6): ARP -> arp; IPv4 UDP
+   dport 67 -> dhcp; IPv6 UDP dport 547 -> dhcpv6; ICMPv6 RS/NS -> ndp; ICMP and
+   ICMPv6 echo requests -> icmp; TCP -> tcp; other UDP -> udp. VLAN tags,
+   other ethertypes, IP fragments, other ICMP types and IP protocols are
+   dropped by reason; so is traffic of a service switched off (``--no-tcp``,
+   ``--no-dhcp``...), whose engine is never built;
+5. call the engine's ``handle(frame, info)``.
+
+The engines are an explicit table (``ENGINES``: route -> engine class), built
+once at start-up (before privileges are dropped). Engines rely on what the
+dispatcher checked: they never see a fragment, a disabled service or a frame
+routed elsewhere. The only catch-all around a frame is here: an engine or
+kernel bug costs that one frame (counted as ``engine-error-<route>``, logged
+with rate limiting), never the batch or the daemon.
 """
 from __future__ import annotations
 
-import importlib
 import logging
+from array import array
+from collections.abc import Mapping
 from typing import Any
 
+import passtcore
 from passtcore.run.context import Context
+from passtcore.run.icmp import IcmpEngine
+from passtcore.run.l2.arp import ArpEngine
+from passtcore.run.l2.common import Drop
+from passtcore.run.l2.dhcp import DhcpEngine
+from passtcore.run.l2.dhcpv6 import Dhcpv6Engine
+from passtcore.run.l2.ndp import NdpEngine
+from passtcore.run.tcp import TcpEngine
+from passtcore.run.udp import UdpEngine
 
 log = logging.getLogger("passtcore.run")
 
-ENGINES = ("arp", "dhcp", "ndp", "dhcpv6", "icmp", "tcp", "udp")
-# Option switches that silence a service (requests are swallowed, not forwarded).
-_DISABLED_BY = {"dhcp": "no_dhcp", "ndp": "no_ndp", "dhcpv6": "no_dhcpv6",
-                "icmp": "no_icmp", "tcp": "no_tcp", "udp": "no_udp"}
-_MISSING = object()
+#: route -> engine class (called with the Context)
+ENGINES: dict[str, type] = {
+    "arp": ArpEngine, "dhcp": DhcpEngine, "ndp": NdpEngine, "dhcpv6": Dhcpv6Engine,
+    "icmp": IcmpEngine, "tcp": TcpEngine, "udp": UdpEngine,
+}
+#: the option switch that turns a route off
+DISABLED_BY = {"dhcp": "no_dhcp", "ndp": "no_ndp", "dhcpv6": "no_dhcpv6", "icmp": "no_icmp",
+               "tcp": "no_tcp", "udp": "no_udp"}
+
+ETH_ARP, ETH_IP, ETH_IP6 = 0x0806, 0x0800, 0x86DD
 
 
-def is_fatal(exc: BaseException) -> bool:
-    """Engine errors that are configuration errors (fwd.ForwardError, or ``.fatal``)."""
-    return bool(getattr(exc, "fatal", False)) or type(exc).__name__ in ("ForwardError",
-                                                                         "FatalError")
-
-
-def load_engine(name: str, ctx: Context, package: str = "passtcore.run") -> Any:
-    """Build engine ``name`` for ``ctx``; None if its module is absent or broken."""
-    try:
-        mod = importlib.import_module(f"{package}.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{package}.{name}":
-            return None
-        log.warning("engine %s: import failed: %s", name, exc)
-        return None
-    except Exception as exc:  # an engine under construction must not take the daemon down
-        log.warning("engine %s: import failed: %r", name, exc)
-        return None
-    factory = getattr(mod, "create", None) or getattr(mod, "make_engine", None) \
-        or getattr(mod, "Engine", None)
-    if factory is None:
-        wanted = name.lower() + "engine"
-        factory = next((getattr(mod, attr) for attr in dir(mod)
-                        if attr.lower() == wanted and callable(getattr(mod, attr))), None)
-    if factory is None:
-        log.warning("engine %s: module has no create()/Engine class", name)
-        return None
-    try:
-        return factory(ctx)
-    except Exception as exc:
-        if is_fatal(exc):
-            raise  # e.g. "Failed to bind any port": a configuration error, exit 1
-        log.warning("engine %s: construction failed: %r", name, exc)
-        return None
+def route(info: Any) -> tuple[str | None, str]:
+    """``(route, "")`` for a parsed frame, or ``(None, drop reason)``."""
+    et = info.ethertype
+    if info.vlan >= 0 or et in (0x8100, 0x88A8):
+        return None, "vlan"  # passt serves untagged frames only
+    if et == ETH_ARP:
+        return "arp", ""
+    if et != ETH_IP and et != ETH_IP6:
+        return None, f"ethertype-0x{et:04x}"
+    if info.is_fragment:
+        return None, "ip-fragment"
+    proto = info.l4_proto
+    v6 = info.ip_version == 6
+    if proto == 6:
+        return "tcp", ""
+    if proto == 17:
+        if info.dport == 67 and not v6:
+            return "dhcp", ""
+        if info.dport == 547 and v6:
+            return "dhcpv6", ""
+        return "udp", ""
+    if proto == 1 and not v6:
+        if info.icmp_type == 8 and info.icmp_code == 0:
+            return "icmp", ""
+        return None, f"icmp-type-{info.icmp_type}"
+    if proto == 58 and v6:
+        t = info.icmp_type
+        if t in (133, 135):
+            return "ndp", ""
+        if t == 128 and info.icmp_code == 0:
+            return "icmp", ""
+        if t in (134, 136):
+            return None, "ndp-ignored"
+        return None, f"icmpv6-type-{t}"
+    return None, f"ip-proto-{proto}"
 
 
 class Dispatcher:
-    """``handle(frame)`` for every frame from the guest."""
+    """``handle_batch(...)`` / ``handle(frame)`` for every frame from the guest."""
 
-    def __init__(self, ctx: Context, package: str = "passtcore.run") -> None:
+    def __init__(self, ctx: Context, engines: Mapping[str, type] | None = None) -> None:
         self.ctx = ctx
-        self.package = package
-        self._engines: dict[str, Any] = {}
-        self._parse: Any = None
-        self._parse_error: type[Exception] = ValueError
+        self.table = dict(ENGINES if engines is None else engines)
+        self.engines: dict[str, Any] = {}
+        self._end_batch: list[Any] = []   # engines' end_batch(): ACKs due after a batch
+        self.disabled = {name for name, switch in DISABLED_BY.items()
+                         if getattr(ctx.conf, switch, False)}
+        self.parse = passtcore.headers.parse_frame  # loads the kernel now, before --runas
+        self.parse_error = passtcore.headers.ParseError
         self.trace = False
 
-    def _parser(self) -> Any:
-        if self._parse is None:
-            try:
-                from passtcore import headers
-            except Exception as exc:  # some kernel missing: the pure parser alone will do
-                log.warning("kernels unavailable (%r); trying passtcore_py.headers", exc)
-                try:
-                    headers = importlib.import_module("passtcore_py.headers")
-                except Exception as exc2:
-                    log.warning("no frame parser (%r): guest frames are dropped", exc2)
-                    self._parse = False
-                    return False
-            self._parse = headers.parse_frame
-            self._parse_error = headers.ParseError
-        return self._parse
-
-    def engine(self, name: str) -> Any:
-        eng = self._engines.get(name, _MISSING)
-        if eng is _MISSING:
-            eng = load_engine(name, self.ctx, self.package)
-            self._engines[name] = eng
-            if eng is not None:
-                self.ctx.engines[name] = eng
-        return eng
-
     def load_all(self) -> None:
-        """Build every engine now (before forking / dropping privileges)."""
-        conf = self.ctx.conf
-        for name in ENGINES:
-            if not getattr(conf, _DISABLED_BY.get(name, ""), False):
-                self.engine(name)
+        """Build every enabled engine now (forwarded ports are bound here: a failure
+        is a start-up error, exit 1)."""
+        for name, cls in self.table.items():
+            if name not in self.disabled and name not in self.engines:
+                self.engines[name] = cls(self.ctx)
+        self.ctx.engines.update(self.engines)
+        self._end_batch = [e.end_batch for e in self.engines.values() if hasattr(e, "end_batch")]
 
-    def route(self, info: Any) -> str:
-        """The engine name for a parsed frame, or ``"drop:<reason>"``."""
-        et = info.ethertype
-        if info.vlan >= 0 or et in (0x8100, 0x88A8):
-            return "drop:vlan"  # passt serves untagged frames only
-        if et == 0x0806:
-            return "arp"
-        if et not in (0x0800, 0x86DD):
-            return f"drop:ethertype-0x{et:04x}"
-        if info.is_fragment:
-            return "drop:ip-fragment"
-        proto = info.l4_proto
-        v6 = info.ip_version == 6
-        if proto == 6:
-            return "tcp"
-        if proto == 17:
-            if not v6 and info.dport == 67:
-                return "dhcp"
-            if v6 and info.dport == 547:
-                return "dhcpv6"
-            return "udp"
-        if proto == 1 and not v6:
-            return "icmp" if info.icmp_type == 8 else f"drop:icmp-type-{info.icmp_type}"
-        if proto == 58 and v6:
-            t = info.icmp_type
-            if t in (133, 135):
-                return "ndp"
-            if t == 128:
-                return "icmp"
-            if t in (134, 136):
-                return "drop:ndp-ignored"
-            return f"drop:icmpv6-type-{t}"
-        return f"drop:ip-proto-{proto}"
+    def handle_batch(self, buf: memoryview, offsets: array, lengths: array, count: int) -> None:
+        """A front end's batch: each frame captured (``--pcap``) and handled, then the
+        engines' end-of-batch work (one ACK for all the segments of a flow)."""
+        handle = self.handle
+        pcap = self.ctx.pcap
+        for i in range(count):
+            off = offsets[i]
+            frame = buf[off:off + lengths[i]]  # not released: an engine bug keeping it is harmless
+            if pcap is not None:
+                pcap.write(frame)
+            handle(frame)
+        for end_batch in self._end_batch:
+            end_batch()
 
     def handle(self, frame: memoryview) -> None:
         ctx = self.ctx
-        if len(frame) >= 12 and not frame[6] & 1:
-            ctx.guest_mac = bytes(frame[6:12])
-        parse = self._parse if self._parse is not None else self._parser()
-        if not parse:
-            ctx.counters.drop("no-parser")
-            return
+        target = "parse"
         try:
-            info = parse(frame)
-        except self._parse_error as exc:
-            ctx.counters.drop(getattr(exc, "reason", "parse-error") or "parse-error")
-            return
-        except Exception:  # a kernel bug must not kill the daemon
-            ctx.counters.drop("parse-crash")
-            log.debug("parser raised on a %d-byte frame", len(frame), exc_info=True)
-            return
-        if info.ip_version:
-            ctx.learn(info)
-        target = self.route(info)
-        if self.trace:
-            log.log(5, "guest frame: %d bytes, ethertype 0x%04x, proto %d -> %s",
-                    len(frame), info.ethertype, info.l4_proto if info.ip_version else -1, target)
-        if target.startswith("drop:"):
-            ctx.counters.drop(target[5:])
-            return
-        switch = _DISABLED_BY.get(target)
-        if switch and getattr(ctx.conf, switch, False):
-            ctx.counters.drop(f"disabled-{target}")
-            return
-        eng = self.engine(target)
-        if eng is None:
-            ctx.counters.drop(f"no-engine-{target}")
-            return
-        try:
+            if len(frame) >= 12 and not frame[6] & 1:
+                ctx.guest_mac = bytes(frame[6:12])
+            info = self.parse(frame)
+            if info.ip_version:
+                ctx.learn(info)
+            target, reason = route(info)
+            if self.trace:
+                log.log(5, "guest frame: %d bytes, ethertype 0x%04x, proto %d -> %s", len(frame),
+                        info.ethertype, info.l4_proto if info.ip_version else -1,
+                        target or "drop:" + reason)
+            if target is None:
+                ctx.counters.drop(reason)
+                return
+            eng = self.engines.get(target)
+            if eng is None:
+                ctx.counters.drop(f"disabled-{target}" if target in self.disabled
+                                  else f"no-engine-{target}")
+                return
             eng.handle(frame, info)
+        except (self.parse_error, Drop) as exc:
+            ctx.counters.drop(exc.reason or "parse-error")
         except Exception:
             reason = f"engine-error-{target}"
             ctx.counters.drop(reason)
             n = ctx.counters.get("drop." + reason)
-            if n <= 10 or n % 1000 == 0:  # a broken engine must not flood the log
-                log.warning("engine %s failed on a frame (%d so far)", target, n,
+            if n <= 10 or n % 1000 == 0:  # a bug must not flood the log
+                log.warning("%s failed on a %d-byte frame (%d so far)", target, len(frame), n,
                             exc_info=True)
 
     def tick(self, now: float) -> None:
-        for name, eng in list(self._engines.items()):
-            fn = getattr(eng, "tick", None) if eng is not None else None
+        """Once a second: flows past their deadline, then the engines' own timers."""
+        self.ctx.flows.expire(now)
+        for eng in self.engines.values():
+            fn = getattr(eng, "tick", None)
             if fn is not None:
-                try:
-                    fn(now)
-                except Exception:
-                    log.warning("engine %s: tick failed", name, exc_info=True)
+                fn(now)
 
     def close(self) -> None:
-        for eng in self._engines.values():
-            fn = getattr(eng, "close", None) if eng is not None else None
+        for eng in self.engines.values():
+            fn = getattr(eng, "close", None)
             if fn is not None:
                 try:
                     fn()

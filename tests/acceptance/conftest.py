@@ -8,7 +8,7 @@ import pytest
 from scapy.layers.l2 import ARP
 
 from daemon.helpers import StreamClient
-from passtcore.run.sandbox import Sandbox
+from passtcore.sandbox import Sandbox
 
 from .support import FWD_TCP, GW4, Guest, require_netns, who_has
 

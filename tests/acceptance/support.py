@@ -21,7 +21,7 @@ from scapy.packet import Packet
 
 from daemon.helpers import StreamClient
 from passtcore.netns import entered
-from passtcore.run.sandbox import Daemon, Sandbox
+from passtcore.sandbox import Daemon, Sandbox
 
 GUEST_MAC = "52:54:00:12:34:56"
 GUEST_LL = "fe80::5054:ff:fe12:3456"

@@ -39,7 +39,7 @@ from scapy.layers.inet6 import ICMPv6ND_RS, ICMPv6NDOptSrcLLAddr, IPv6
 from scapy.layers.l2 import Ether
 
 from daemon.helpers import StreamClient, pack
-from passtcore.run.sandbox import Sandbox
+from passtcore.sandbox import Sandbox
 
 from .support import (ADDR4, ADDR6, GUEST_LL, GUEST_MAC, GW4, OUR_MAC, Conn, Guest, dhcp6,
                       host_socket, is_tcp, options6, raw_icmp6_type, tcp_frame, who_has)

@@ -82,7 +82,7 @@ from scapy.layers.l2 import ARP, Ether
 
 import passtcore
 from daemon.helpers import StreamClient, wait_gone
-from passtcore.run.sandbox import Sandbox, daemon_binary
+from passtcore.sandbox import Sandbox, daemon_binary
 
 from .support import (ADDR4, ADDR6, FWD_TCP, GUEST_LL, GUEST_MAC, GW4, GW6, OUR_MAC, Conn, Guest,
                       dhcp6, options6, tcp_frame, who_has, host_socket, is_tcp, is_udp,

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from passtcore.run import conf, options
-from passtcore.run.sandbox import Sandbox, daemon_binary
+from passtcore.run.process import config as conf
+from passtcore.run.process import options
+from passtcore.sandbox import Sandbox, daemon_binary
 
 
 def ip(text: str) -> bytes:
@@ -85,7 +86,7 @@ def test_no_usable_interface(tmp_path) -> None:
 
 @pytest.mark.netns
 def test_from_a_real_host_namespace(sandbox: Sandbox) -> None:
-    code = ("import json,ipaddress as I;from passtcore.run import conf,options;"
+    code = ("import json,ipaddress as I;from passtcore.run.process import config as conf, options;"
             "c=conf.build(options.parse([]));f=lambda a:str(I.ip_address(a));"
             "print(json.dumps(dict(a4=f(c.addr4),p4=c.prefix4,gw4=f(c.gw4),a6=f(c.addr6),"
             "gw6=f(c.gw6),ll=f(c.addr6_ll),router=f(c.gw6_ll),mac=c.our_mac.hex(),mtu=c.mtu,"

@@ -1,4 +1,5 @@
-"""Routing of guest frames to engines, lazy/optional engines, drops by reason."""
+"""Routing of guest frames through the dispatcher's explicit route table, the one
+error boundary, end-of-batch work, drops by reason."""
 from __future__ import annotations
 
 import pytest
@@ -6,24 +7,41 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6ND_NS, ICMPv6ND_RS, IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from passtcore.run.conf import NetConfig
+from passtcore.run.process.config import NetConfig
 from passtcore.run.context import BROADCAST, Context
-from passtcore.run.dispatch import Dispatcher
-from passtcore.run.loop import Loop
+from passtcore.run.dispatch import ENGINES, Dispatcher, route
+from passtcore.run.io.frontend import MemoryFrontend
+from passtcore.run.io.loop import Loop
 
 MAC = "52:54:00:12:34:56"
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
+class RecordingArp:
+    """Records frames, answers each, counts ticks and batches."""
 
-    def send(self, f) -> bool:
-        self.frames.append(bytes(f))
-        return True
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.seen = []
+        self.ticks = 0
+        self.batches = 0
 
-    def send_many(self, fs) -> int:
-        return sum(self.send(f) for f in fs)
+    def handle(self, frame, info):
+        self.seen.append(bytes(frame))
+        self.ctx.to_guest(b"reply:" + bytes(frame[:8]) + bytes(6))
+
+    def tick(self, now):
+        self.ticks += 1
+
+    def end_batch(self):
+        self.batches += 1
+
+
+class BrokenUdp:
+    def __init__(self, ctx):
+        pass
+
+    def handle(self, frame, info):
+        raise RuntimeError("engine bug")
 
 
 def eth(payload) -> bytes:
@@ -49,9 +67,10 @@ ROUTES = {"arp": "arp", "dhcp": "dhcp", "dhcpv6": "dhcpv6", "ndp-rs": "ndp", "nd
 def setup():
     loop = Loop()
     ctx = Context(NetConfig(our_mac=b"\x02" * 6, addr4=bytes([192, 0, 2, 9])), loop)
-    sink = Sink()
+    d = Dispatcher(ctx, {"arp": RecordingArp, "udp": BrokenUdp})
+    sink = MemoryFrontend(ctx.counters, d.handle_batch)
     ctx.frontend = sink
-    d = Dispatcher(ctx, package="tests.daemon.fake_engines")
+    d.load_all()
     yield ctx, d, sink
     loop.close()
 
@@ -61,7 +80,11 @@ def test_routes(setup, name: str) -> None:
     ctx, d, _ = setup
     from passtcore import headers
 
-    assert d.route(headers.parse_frame(FRAMES[name])) == ROUTES[name]
+    assert route(headers.parse_frame(FRAMES[name])) == (ROUTES[name], "")
+
+
+def test_the_table_names_every_route() -> None:
+    assert set(ENGINES) == set(ROUTES.values())
 
 
 def test_drops_by_reason_and_engines(setup) -> None:
@@ -90,17 +113,45 @@ def test_drops_by_reason_and_engines(setup) -> None:
     assert drops.pop("icmp-type-13") == 1
     assert len(drops) == 1 and sum(drops.values()) == 1  # the 13-byte runt: a parse error
     arp = ctx.engines["arp"]
-    assert arp.seen == [FRAMES["arp"]] and sink.frames == [b"reply:" + FRAMES["arp"][:8]]
+    assert arp.seen == [FRAMES["arp"]]
+    assert sink.frames == [b"reply:" + FRAMES["arp"][:8] + bytes(6)]
     assert ctx.guest_mac == bytes.fromhex(MAC.replace(":", ""))
     assert ctx.addr_seen4 == bytes([192, 0, 2, 9])
     d.tick(0.0)
     assert arp.ticks == 1
 
 
-def test_disabled_services_are_swallowed(setup) -> None:
-    ctx, d, _ = setup
-    ctx.conf.no_dhcp = True
-    ctx.conf.no_udp = True
+def test_disabled_services_are_swallowed() -> None:
+    loop = Loop()
+    conf = NetConfig(our_mac=b"\x02" * 6, addr4=bytes([192, 0, 2, 9]), no_dhcp=True, no_udp=True)
+    ctx = Context(conf, loop)
+    d = Dispatcher(ctx, {"dhcp": BrokenUdp, "udp": BrokenUdp})
+    d.load_all()
+    assert d.engines == {}  # never built
     d.handle(memoryview(FRAMES["dhcp"]))
     d.handle(memoryview(FRAMES["udp"]))
     assert ctx.counters.drops() == {"disabled-dhcp": 1, "disabled-udp": 1}
+    loop.close()
+
+
+def test_a_batch_is_one_call_and_ends_with_end_batch(setup) -> None:
+    """Frames of a batch are handled in order, an engine error costs one frame only,
+    and each engine's end_batch() runs once after the batch."""
+    ctx, d, sink = setup
+    arp = ctx.engines["arp"]
+    sink.feed(FRAMES["arp"], FRAMES["udp"], FRAMES["arp"], b"\x01" * 13, FRAMES["arp"])
+    assert len(arp.seen) == 3 and arp.batches == 1
+    drops = ctx.counters.drops()
+    assert drops["engine-error-udp"] == 1 and sum(drops.values()) == 2
+
+
+def test_engine_construction_failure_is_fatal() -> None:
+    class Failing:
+        def __init__(self, ctx):
+            raise OSError("Failed to bind any port for port specifier")
+
+    loop = Loop()
+    ctx = Context(NetConfig(our_mac=b"\x02" * 6), loop)
+    with pytest.raises(OSError):
+        Dispatcher(ctx, {"tcp": Failing}).load_all()
+    loop.close()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from passtcore.run.sandbox import Daemon, Sandbox
+from passtcore.sandbox import Daemon, Sandbox
 
 from .helpers import StreamClient, arp_request, frame_target, pack, target_of_reply
 

@@ -1,6 +1,6 @@
-"""StreamConnection/TapFrontend in-process, over a real socketpair: reassembly at
-every split (including inside the length header), skipping of bad lengths, and
-whole-frame-only writes under back-pressure."""
+"""The stream and tap front ends in-process, over real socketpairs: reassembly at
+every split (including inside the length header), skipping of bad lengths,
+batches per read, whole-frame-only writes from the TX slots under back-pressure."""
 from __future__ import annotations
 
 import os
@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from passtcore.run.counters import Counters
-from passtcore.run.frontend import BACKLOG_MAX, StreamConnection, StreamFrontend
-from passtcore.run.loop import Loop
+from passtcore.run.io.frontend import per_frame
+from passtcore.run.io.loop import Loop
+from passtcore.run.io.stream import BACKLOG_MAX, RBUF_SIZE, StreamFrontend
 
 from .helpers import StreamClient, pack
 
@@ -30,8 +31,11 @@ class Harness:
         self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.got: list[bytes] = []
         self.gone = 0
-        self.conn = StreamConnection(self.ours, self.loop, self.counters,
-                                     lambda f: self.got.append(bytes(f)), self._gone)
+        self.fe = StreamFrontend(self.loop, self.counters,
+                                 per_frame(lambda f: self.got.append(bytes(f))), sock=self.ours,
+                                 on_exit=self._gone)
+        self.fe.start()
+        self.conn = self.fe.conn
 
     def _gone(self) -> None:
         self.gone += 1
@@ -133,7 +137,7 @@ def test_writes_are_never_torn_under_backpressure(h: Harness) -> None:
     frames = [bytes([i & 0xFF]) * (1000 + i) for i in range(3000)]
     accepted = 0
     for i in range(0, len(frames), 100):
-        accepted += h.conn.send_many(frames[i:i + 100])
+        accepted += h.fe.send_many(frames[i:i + 100])
     assert h.conn.backlog > 0  # the peer is not reading: frames wait, whole
     assert accepted < len(frames) or h.conn.backlog <= BACKLOG_MAX
     client = StreamClient.from_socket(h.theirs)
@@ -168,7 +172,7 @@ def test_second_client_is_discarded(tmp_path) -> None:
     lsock.bind(path)
     lsock.listen(0)
     exits = []
-    fe = StreamFrontend(lsock, loop, counters, lambda f: None, one_off=True,
+    fe = StreamFrontend(loop, counters, listener=lsock, one_off=True,
                         on_exit=lambda: exits.append(1))
     fe.start()
     try:
@@ -191,13 +195,13 @@ def test_second_client_is_discarded(tmp_path) -> None:
 
 def test_tap_frontend_roundtrip_over_a_pipe_like_socketpair() -> None:
     """TapFrontend only needs an fd with datagram semantics: a SOCK_SEQPACKET pair."""
-    from passtcore.run.frontend import TapFrontend
+    from passtcore.run.io.tap import TapFrontend
 
     loop = Loop()
     counters = Counters()
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     got: list[bytes] = []
-    fe = TapFrontend(os.dup(a.fileno()), loop, counters, lambda f: got.append(bytes(f)))
+    fe = TapFrontend(os.dup(a.fileno()), loop, counters, per_frame(lambda f: got.append(bytes(f))))
     a.close()
     fe.start()
     try:
@@ -217,30 +221,77 @@ def test_tap_frontend_roundtrip_over_a_pipe_like_socketpair() -> None:
 
 
 def test_a_failing_or_retaining_handler_does_not_stall_the_stream() -> None:
+    """The per-frame error boundary is the dispatcher's; the front end only promises
+    that a handler raising out of a batch (the loop catches it) or keeping a view
+    costs that batch at most: the stream stays in sync, nothing is delivered twice."""
     import numpy as np
 
     loop = Loop()
     counters = Counters()
+    errors: list[BaseException] = []
+    loop.on_error = lambda exc, cb: errors.append(exc)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    got: list[bytes] = []
+    batches: list[list[bytes]] = []
     kept: list = []
 
-    def handler(frame: memoryview) -> None:
-        got.append(bytes(frame))
-        if frame[0] == 1:
+    def on_batch(buf, offsets, lengths, count) -> None:
+        frames = [bytes(buf[offsets[i]:offsets[i] + lengths[i]]) for i in range(count)]
+        batches.append(frames)
+        kept.append(np.frombuffer(buf[offsets[0]:offsets[0] + lengths[0]], dtype=np.uint8))
+        if frames[0][0] == 1:
             raise ValueError("engine bug")
-        if frame[0] == 2:
-            kept.append(np.frombuffer(frame, dtype=np.uint8))  # an export that outlives us
 
-    conn = StreamConnection(ours, loop, counters, handler, lambda: None)
-    frames = [bytes([k]) * 60 for k in (1, 2, 3, 1, 3)]
-    theirs.sendall(b"".join(pack(f) for f in frames))
-    for _ in range(20):
-        if len(got) >= len(frames):
-            break
-        loop.run_once(0.05)
-    assert got == frames  # each exactly once, in order
-    assert counters.drops() == {"handler-error": 2}
-    conn.close()
-    theirs.close()
-    loop.close()
+    fe = StreamFrontend(loop, counters, on_batch, sock=ours)
+    fe.start()
+    first = [bytes([1]) * 60, bytes([2]) * 60]
+    then = [bytes([3]) * 60, bytes([4]) * 70]
+    try:
+        theirs.sendall(b"".join(pack(f) for f in first))
+        for _ in range(20):
+            if batches:
+                break
+            loop.run_once(0.05)
+        assert batches == [first] and len(errors) == 1
+        theirs.sendall(b"".join(pack(f) for f in then))
+        for _ in range(20):
+            if len(batches) > 1:
+                break
+            loop.run_once(0.05)
+        assert batches == [first, then]  # in sync, nothing twice
+        assert fe.connected
+    finally:
+        fe.close()
+        theirs.close()
+        loop.close()
+
+
+def test_one_wakeup_drains_more_than_one_buffer() -> None:
+    """The read loop goes on while reads fill the buffer (it used to stop after one:
+    its short-read test ran after the buffer had been reset)."""
+    loop = Loop()
+    counters = Counters()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for s in (ours, theirs):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+    got: list[int] = []
+    fe = StreamFrontend(loop, counters, per_frame(lambda f: got.append(len(f))), sock=ours)
+    fe.start()
+    frame = bytes(65532)  # 64 KiB with its length: a read ends on a frame boundary
+    n = (3 * RBUF_SIZE) // (len(frame) + 4) + 1   # up to three buffers
+    try:
+        theirs.setblocking(False)
+        sent = 0
+        for _ in range(n):
+            try:
+                theirs.sendall(pack(frame))
+            except BlockingIOError:
+                break
+            sent += 1
+        assert sent * (len(frame) + 4) > RBUF_SIZE + 65536, "the socket took too little"
+        fe.conn._readable()  # one wake-up
+        assert len(got) == sent
+    finally:
+        fe.close()
+        theirs.close()
+        loop.close()

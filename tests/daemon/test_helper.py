@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from passtcore.run.conf import ConfError
-from passtcore.run.helper import run_in_child
+from passtcore.run.process.config import ConfError
+from passtcore.run.process.helper import run_in_child
 
 
 def _pid_and_import() -> tuple[int, bool]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import passtcore
-from passtcore.run.sandbox import Sandbox
+from passtcore.sandbox import Sandbox
 
 from .helpers import GUEST_MAC, StreamClient, arp_request
 
@@ -122,4 +122,21 @@ def test_daemon_never_imports_numpy(sandbox: Sandbox, pure: bool) -> None:
         assert kernels == (set() if pure else {"_csum", "_headers", "_batch", "_flowtable"})
     finally:
         c.close()
+        d.stop()
+
+
+def test_kernels_are_loaded_before_privileges_drop(sandbox: Sandbox) -> None:
+    """With --no-tcp --no-udp no engine needs the header kernel at start-up; the
+    dispatcher loads it anyway, before --runas drops to nobody (an interpreter's
+    library may not be readable then). Read from the maps before the first frame."""
+    env = dict(os.environ, PASSTCORE_PURE="0")
+    d = sandbox.start_daemon("--no-tcp", "--no-udp", mode="socket", env=env)
+    try:
+        assert d.alive()
+        kernels = {Path(f).name.split(".")[0] for f in mapped_files(d.pid) if "/passtcore/_" in f}
+        assert "_headers" in kernels, sorted(kernels)
+        status = Path(f"/proc/{d.pid}/status").read_text()
+        uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid != "0"  # it did drop privileges (root -> nobody)
+    finally:
         d.stop()

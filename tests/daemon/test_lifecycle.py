@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from passtcore.run.sandbox import Sandbox, daemon_binary
+from passtcore.sandbox import Sandbox, daemon_binary
 
 from .helpers import StreamClient, arp_request, target_of_reply, wait_gone
 

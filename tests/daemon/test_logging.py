@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from passtcore.run import logsink, options
-from passtcore.run.sandbox import Sandbox
+from passtcore.run.process import logsink
+from passtcore.run.process import options
+from passtcore.sandbox import Sandbox
 
 
 def test_log_file_format_and_size_cap(tmp_path) -> None:
@@ -68,7 +69,7 @@ def test_netns_given_as_pid_and_runas_root(sandbox: Sandbox) -> None:
     time.sleep(0.2)
     import subprocess
 
-    from passtcore.run.sandbox import daemon_binary
+    from passtcore.sandbox import daemon_binary
 
     log = sandbox.path("pid.log")
     proc = sandbox.popen_host(daemon_binary(), "-f", "--runas", "0", "-l", log,

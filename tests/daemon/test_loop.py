@@ -6,7 +6,7 @@ import signal
 import time
 
 from passtcore.run.counters import Counters, parse_line
-from passtcore.run.loop import Loop
+from passtcore.run.io.loop import Loop
 
 
 def test_readers_writers_and_timers() -> None:
@@ -89,3 +89,42 @@ def test_fd_number_reused_without_remove() -> None:
     loop.close()
     os.close(r2)
     os.close(w2)
+
+
+def test_sporadic_errors_never_unregister_a_healthy_descriptor() -> None:
+    """Only consecutive failures count: a connection that fails now and then (or a
+    new one that reuses the number) keeps being served after MAX_ERRORS in all."""
+    from passtcore.run.io.loop import MAX_ERRORS
+
+    loop = Loop()
+    loop.on_error = lambda exc, cb: None
+    r, w = os.pipe()
+    calls = {"n": 0}
+
+    def flaky() -> None:  # fails 9 times in 10
+        calls["n"] += 1
+        os.read(r, 1)
+        if calls["n"] % 10:
+            raise OSError("sporadic")
+
+    try:
+        loop.add_reader(r, flaky)
+        for _ in range(MAX_ERRORS + 200):
+            os.write(w, b"x")
+            loop.run_once(0)
+        assert r in loop._readers and calls["n"] == MAX_ERRORS + 200
+        # a failing streak still unregisters (it would spin) ...
+        loop.add_reader(r, lambda: 1 / 0)
+        os.write(w, b"x")
+        for _ in range(MAX_ERRORS):
+            loop.run_once(0)
+        assert r not in loop._readers
+        # ... and the next registration of that number starts clean
+        loop.add_reader(r, flaky)
+        os.write(w, b"x")
+        loop.run_once(0)
+        assert r in loop._readers
+    finally:
+        loop.close()
+        os.close(r)
+        os.close(w)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from passtcore.run.sandbox import Sandbox
+from passtcore.sandbox import Sandbox
 
 pytestmark = pytest.mark.netns
 

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from passtcore.run import options
-from passtcore.run.sandbox import daemon_binary
+from passtcore.run.process import options
+from passtcore.sandbox import daemon_binary
 
 BAD = [
     (["--bogus"], "--bogus"),
@@ -127,10 +127,10 @@ def test_start_up_path_imports_nothing_heavy() -> None:
     the list: the venv's site-packages .pth processing imports it already.)"""
     import sys
 
-    code = ("import sys; import passtcore.run.cli as c; "
+    code = ("import sys; import passtcore.run.process.cli as c; "
             "c._options.scan_early(['-s', '/x']); "
             "print(' '.join(m for m in ('numpy', 'pyroute2', 'argparse', "
-            "'logging', 'passtcore.headers', 'passtcore._backend', 'passtcore.run.conf') "
+            "'logging', 'passtcore.headers', 'passtcore._backend', 'passtcore.run.process.config') "
             "if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
@@ -138,7 +138,8 @@ def test_start_up_path_imports_nothing_heavy() -> None:
 
 
 def test_max_flows_option() -> None:
-    from passtcore.run import conf, options
+    from passtcore.run.process import config as conf
+    from passtcore.run.process import options
 
     assert options.parse(["--max-flows", "64"]).max_flows == 64
     assert options.parse([]).max_flows is None
@@ -146,3 +147,109 @@ def test_max_flows_option() -> None:
     for bad in ("0", "-1", "x", str(1 << 25)):
         with pytest.raises(options.OptionError, match="--max-flows"):
             options.parse(["--max-flows", bad])
+
+
+# -- namespace (pasta) mode ----------------------------------------------------------------
+
+OWN_NETNS = "/proc/self/ns/net"  # a network namespace that always exists
+
+
+def test_dhcp_dns_defaults_passt_and_pasta() -> None:
+    """passt sends resolvers and search domains unless --no-dhcp-dns/--no-dhcp-search;
+    pasta does not unless --dhcp-dns/--dhcp-search (passt-reference 3.1, 4.5)."""
+    o = options.parse([])
+    assert (o.no_dhcp_dns, o.no_dhcp_search) == (False, False)
+    o = options.parse(["--no-dhcp-dns"])
+    assert (o.no_dhcp_dns, o.no_dhcp_search) == (True, False)
+    o = options.parse(["--no-dhcp-search"])
+    assert (o.no_dhcp_dns, o.no_dhcp_search) == (False, True)
+    o = options.parse(["--netns", OWN_NETNS])
+    assert (o.no_dhcp_dns, o.no_dhcp_search) == (True, True)
+    o = options.parse(["--netns", OWN_NETNS, "--dhcp-dns"])
+    assert (o.no_dhcp_dns, o.no_dhcp_search) == (False, True)
+    o = options.parse(["--netns", OWN_NETNS, "--dhcp-search"])
+    assert (o.no_dhcp_dns, o.no_dhcp_search) == (True, False)
+    o = options.parse(["--netns", OWN_NETNS, "--dhcp-dns", "--dhcp-search", "-D", "192.0.2.53"])
+    assert (o.no_dhcp_dns, o.no_dhcp_search) == (False, False)
+    o = options.parse([str(os.getpid()), "--dhcp-dns"])  # a PID target is pasta mode too
+    assert (o.no_dhcp_dns, o.no_dhcp_search) == (False, True)
+    with pytest.raises(options.OptionError, match="--dhcp-dns"):
+        options.parse(["--dhcp-dns"])
+    with pytest.raises(options.OptionError, match="--no-dhcp-search"):
+        options.parse(["--netns", OWN_NETNS, "--no-dhcp-search"])
+
+
+def test_dhcp_dns_defaults_reach_the_config() -> None:
+    """What the L2 services read: NetConfig.no_dhcp_dns/no_dhcp_search."""
+    from passtcore.run.l2.common import guest_dns, guest_search
+    from passtcore.run.process import config as conf
+
+    host = ({"mac": b"\x02" * 6, "addr": bytes([192, 0, 2, 2]), "prefix": 24,
+             "gw": bytes([192, 0, 2, 1]), "ifname": "eth0"}, {})
+    for argv, sent in (([], True), (["--netns", OWN_NETNS], False),
+                       (["--netns", OWN_NETNS, "--dhcp-dns", "--dhcp-search"], True)):
+        c = conf.build(options.parse(argv + ["-D", "192.0.2.53", "-S", "example.com"]),
+                       resolv_path="/nonexistent", host=host)
+        assert (guest_dns(c, 4) == [bytes([192, 0, 2, 53])]) is sent, argv
+        assert (guest_search(c) == ["example.com"]) is sent, argv
+
+
+def test_tcp_udp_ns_specs() -> None:
+    o = options.parse(["--netns", OWN_NETNS, "-T", "9000:8000", "-T", "8100-8101",
+                       "-U", "auto"])
+    assert [s.expand() for s in o.tcp_ns] == [{9000: 8000}, {8100: 8100, 8101: 8101}]
+    assert o.udp_ns[0].mode == "auto"
+    with pytest.raises(options.OptionError, match="-T/--tcp-ns"):
+        options.parse(["--netns", OWN_NETNS, "-T", "127.0.0.1/22"])
+    with pytest.raises(options.OptionError, match="-U/--udp-ns"):
+        options.parse(["--netns", OWN_NETNS, "-U", "all"])
+    with pytest.raises(options.OptionError, match="-T/--tcp-ns"):
+        options.parse(["--netns", OWN_NETNS, "-T", "auto", "-T", "22"])
+
+
+def test_userns_resolution() -> None:
+    """--userns PATH; a PID target joins the PID's user namespace unless --netns-only;
+    --netns alone joins none (pasta's rule)."""
+    pid = str(os.getpid())
+    assert options.parse(["--netns", OWN_NETNS]).userns is None
+    o = options.parse(["--netns", OWN_NETNS, "--userns", "/proc/self/ns/user"])
+    assert o.userns == "/proc/self/ns/user"
+    o = options.parse([pid])
+    assert o.netns == f"/proc/{pid}/ns/net" and o.userns == f"/proc/{pid}/ns/user"
+    o = options.parse([pid, "--netns-only"])
+    assert o.userns is None and o.netns_only
+    o = options.parse([pid, "--userns", "/proc/thread-self/ns/user"])
+    assert o.userns == "/proc/thread-self/ns/user"
+    with pytest.raises(options.OptionError, match="--userns and --netns-only"):
+        options.parse(["--netns", OWN_NETNS, "--userns", "/proc/self/ns/user", "--netns-only"])
+    with pytest.raises(options.OptionError, match="--userns"):
+        options.parse(["--netns", OWN_NETNS, "--userns", OWN_NETNS])  # not a user ns
+    with pytest.raises(options.OptionError, match="--userns"):
+        options.parse(["--netns", OWN_NETNS, "--userns", "/nonexistent/userns"])
+
+
+PASTA_BAD = [
+    (["--userns", "/nonexistent/userns"], "--userns"),
+    (["--userns", "/proc/self/ns/net"], "--userns"),
+    (["--userns", "/proc/self/ns/user", "--netns-only"], "--netns-only"),
+    (["--no-dhcp-dns"], "--no-dhcp-dns"),
+    (["-T", "all"], "-T/--tcp-ns"),
+    (["-U", "1-2:3"], "-U/--udp-ns"),
+]
+
+
+@pytest.mark.parametrize("args, named", PASTA_BAD, ids=[" ".join(a) for a, _ in PASTA_BAD])
+def test_bad_namespace_option_exits_1_naming_it(args: list[str], named: str) -> None:
+    r = subprocess.run([daemon_binary(), "--netns", OWN_NETNS, "-f", *args],
+                       capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0] and lines[0].startswith("passtcore-run: ")
+    assert r.stdout == ""
+
+
+def test_help_documents_namespace_options() -> None:
+    text = options.USAGE
+    for opt in ("--tcp-ns", "--udp-ns", "--userns", "--netns-only", "--dhcp-dns",
+                "--dhcp-search", "auto"):
+        assert opt in text, opt

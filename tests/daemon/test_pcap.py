@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from passtcore.run.pcap import GLOBAL_HEADER, read_pcap
-from passtcore.run.sandbox import Sandbox
+from passtcore.run.io.pcap import GLOBAL_HEADER, read_pcap
+from passtcore.sandbox import Sandbox
 
 pytestmark = pytest.mark.netns
 

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from passtcore.run.sandbox import Sandbox
+from passtcore.sandbox import Sandbox
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 

@@ -37,7 +37,8 @@ def _native() -> ModuleType | None:
 
 
 NATIVE = _native()
-needs_native = pytest.mark.skipif(NATIVE is None, reason="Cython flow table not built or PASSTCORE_PURE=1")
+NO_NATIVE = "PASSTCORE_PURE=1: Cython kernels not tested" if PURE_ONLY else "passtcore._flowtable not built"
+needs_native = pytest.mark.skipif(NATIVE is None, reason=NO_NATIVE)
 
 
 @pytest.fixture(params=["python", "cython"])
@@ -45,7 +46,7 @@ def ft(request: pytest.FixtureRequest) -> ModuleType:
     if request.param == "python":
         return twin
     if NATIVE is None:
-        pytest.skip("Cython flow table not built or PASSTCORE_PURE=1")
+        pytest.skip(NO_NATIVE)
     return NATIVE
 
 
@@ -421,6 +422,25 @@ def test_touch_and_expire(ft: ModuleType) -> None:
     assert t.insert(*flow(9), now=1.0) == 5  # LIFO: the last freed index
 
 
+def test_expire_into_a_caller_buffer(ft: ModuleType) -> None:
+    """expire_into: the daemon's numpy-free expiry, bounded by the buffer's length."""
+    from array import array
+
+    t = ft.FlowTable(16, key=KEY)
+    for p in range(8):
+        t.insert(*flow(p), now=float(p))
+    out = array("q", bytes(8 * 3))
+    assert t.expire_into(10.0, 5.0, out) == 3 and out.tolist() == [0, 1, 2]  # 6 were due
+    assert len(t) == 5 and t.lookup(*flow(2)) == -1 and t.lookup(*flow(3)) == 3
+    assert t.expire_into(10.0, 5.0, out) == 3 and out.tolist() == [3, 4, 5]
+    assert t.expire_into(10.0, 5.0, out) == 0
+    big = np.zeros(16, dtype=np.int64)
+    assert t.expire_into(100.0, 0.0, big) == 2 and big[:2].tolist() == [6, 7]
+    assert t.expire_into(100.0, 0.0, array("q")) == 0
+    assert t.stats()["expired"] == 8
+    t.check_invariants()
+
+
 def test_expire_with_collisions_keeps_survivors_reachable(ft: ModuleType) -> None:
     t = ft.FlowTable(12, key=KEY)
     keys = colliding(t, 7)
@@ -527,17 +547,25 @@ def test_insert_batch(ft: ModuleType) -> None:
 # -- backend selection ---------------------------------------------------------------
 
 
-def test_backend_module() -> None:
-    try:
-        mod = passtcore.flowtable
-    except ModuleNotFoundError as exc:  # another kernel (csum, headers, batch) not written yet
-        if "flowtable" in str(exc):
-            raise
-        pytest.skip(f"passtcore backend incomplete: {exc}")
+def _all_native() -> bool:
+    """Whether passtcore._backend can pick Cython: every kernel extension loads, no PURE."""
     if PURE_ONLY:
+        return False
+    try:
+        for name in passtcore.KERNELS:
+            importlib.import_module(f"passtcore._{name}")
+    except ImportError:
+        return False
+    return True
+
+
+def test_backend_module() -> None:
+    """passtcore.flowtable is the Cython kernel when all extensions load, else the twin."""
+    mod = passtcore.flowtable
+    if _all_native():
+        assert passtcore.backend == "cython" and mod is NATIVE
+    else:
         assert passtcore.backend == "python" and mod is twin
-    elif passtcore.backend == "cython":
-        assert mod is NATIVE
     t = mod.FlowTable(4)
     assert t.insert(*flow(1)) == 0 and t.lookup(*flow(1)) == 0
 

@@ -12,7 +12,7 @@ from scapy.layers.dns import dns_get_str
 from scapy.layers.l2 import Ether
 
 import passtcore
-from passtcore.run.conf import NetConfig
+from passtcore.run.process.config import NetConfig
 
 from engine_support import EngineHarness
 

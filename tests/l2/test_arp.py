@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 from scapy.layers.l2 import ARP, Ether
 
 import passtcore
-from passtcore.run.arp import ArpEngine, arp_reply
-from passtcore.run.l2common import Drop
+from passtcore.run.l2.arp import ArpEngine, arp_reply
+from passtcore.run.l2.common import Drop
 
 from .conftest import GUEST_MAC, OUR_MAC, reference_conf
 

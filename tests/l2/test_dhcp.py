@@ -12,8 +12,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 import passtcore
-from passtcore.run.dhcp import DhcpEngine, dhcp_reply
-from passtcore.run.l2common import Drop, encode_domains
+from passtcore.run.l2.dhcp import DhcpEngine, dhcp_reply
+from passtcore.run.l2.common import Drop, encode_domains
 
 from .conftest import GUEST_MAC, OUR_MAC, assert_checksums, decode_names, ip, mac
 
@@ -160,7 +160,7 @@ def test_gateway_outside_subnet_adds_option_121(harness, conf):
 def test_no_dhcp_swallows(harness, conf):
     h = harness(DhcpEngine, dataclasses.replace(conf, no_dhcp=True))
     assert h.send(dhcp_frame("discover")) == []
-    assert h.counters.drops() == {"dhcp-disabled": 1}
+    assert h.counters.drops() == {"disabled-dhcp": 1}
 
 
 def _mangled(payload: bytes) -> bytes:

@@ -17,10 +17,10 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 import passtcore
-from passtcore.run.l2common import Drop
-from passtcore.run.dhcpv6 import Dhcpv6Engine, Dhcpv6State, dhcpv6_reply
+from passtcore.run.l2.common import Drop
+from passtcore.run.l2.dhcpv6 import Dhcpv6Engine, Dhcpv6State, dhcpv6_reply
 
-from .conftest import GUEST_LL, GUEST_MAC, OUR_MAC, assert_checksums, mac
+from .conftest import GUEST_LL, GUEST_MAC, OUR_MAC, assert_checksums, ip, mac
 
 TRID = 0xABCDEF
 IAID = 0x11223344
@@ -184,6 +184,17 @@ def test_malformed_dropped_and_counted(harness, frame, reason):
     h = harness(Dhcpv6Engine)
     assert h.send(frame) == []
     assert h.counters.drops() == {reason: 1}
+
+
+@pytest.mark.parametrize("kind", [DHCP6_Solicit, DHCP6_InfoRequest])
+def test_no_link_local_counted_as_dhcpv6(harness, conf, kind):
+    """No link-local to answer from (global gateway, no addr6_ll): a DHCPv6 drop, not NDP's."""
+    h = harness(Dhcpv6Engine, dataclasses.replace(conf, gw6=ip("2001:db8::1"), gw6_ll=None,
+                                                   addr6_ll=None))
+    msg = kind(trid=TRID) / CLIENT
+    assert h.send(v6(msg / ia() if kind is DHCP6_Solicit else msg)) == []
+    assert h.counters.drops() == {"dhcpv6-no-link-local": 1}
+    assert h.counters["dhcpv6-reply"] == 0
 
 
 def test_release_decline_silent(harness):

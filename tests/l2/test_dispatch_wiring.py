@@ -1,4 +1,4 @@
-"""The real Dispatcher finds and drives every L2 engine by its documented name."""
+"""The real Dispatcher builds every L2 engine from its route table and drives it."""
 from __future__ import annotations
 
 from scapy.layers.dhcp import BOOTP, DHCP
@@ -8,16 +8,16 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6ND_RA, ICMPv6ND_RS, IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from passtcore.run.arp import ArpEngine
+from passtcore.run.l2.arp import ArpEngine
 from passtcore.run.context import Context
-from passtcore.run.dhcp import DhcpEngine
-from passtcore.run.dhcpv6 import Dhcpv6Engine
+from passtcore.run.l2.dhcp import DhcpEngine
+from passtcore.run.l2.dhcpv6 import Dhcpv6Engine
 from passtcore.run.dispatch import Dispatcher
-from passtcore.run.icmp import IcmpEngine
-from passtcore.run.loop import Loop
-from passtcore.run.ndp import NdpEngine
+from passtcore.run.icmp.engine import IcmpEngine
+from passtcore.run.io.frontend import MemoryFrontend
+from passtcore.run.io.loop import Loop
+from passtcore.run.l2.ndp import NdpEngine
 
-from engine_support import Collector
 
 from .conftest import GUEST_LL, GUEST_MAC, assert_checksums
 
@@ -25,13 +25,13 @@ from .conftest import GUEST_LL, GUEST_MAC, assert_checksums
 def test_engines_loaded_and_answer(conf):
     loop = Loop()
     ctx = Context(conf, loop)
-    ctx.frontend = sink = Collector()
+    ctx.frontend = sink = MemoryFrontend(ctx.counters)
     d = Dispatcher(ctx)
     try:
         d.load_all()
         for name, cls in (("arp", ArpEngine), ("dhcp", DhcpEngine), ("ndp", NdpEngine),
                           ("dhcpv6", Dhcpv6Engine), ("icmp", IcmpEngine)):
-            assert isinstance(d.engine(name), cls)
+            assert isinstance(d.engines[name], cls)
         eth = Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff")
         requests = [
             (eth / ARP(hwsrc=GUEST_MAC, psrc="192.0.2.10", pdst="192.0.2.1"), ARP),

@@ -12,10 +12,11 @@ import ipaddress
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from passtcore.sandbox import wait_for
 
 UDHCPC = "/usr/sbin/udhcpc"
 DHCLIENT = "/usr/sbin/dhclient"
@@ -39,16 +40,6 @@ def read_env(path: Path) -> dict[str, str]:
         key, _, value = line.partition("=")
         env[key] = value
     return env
-
-
-def wait_for(pred, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def udhcpc_lease(sb) -> dict[str, str]:
@@ -120,8 +111,14 @@ def dhclient(sb, *args: str, name: str, timeout: float = 25) -> dict[str, str]:
     return read_env(found[0])
 
 
+# Namespace mode follows pasta: resolvers and search domains are only sent with
+# --dhcp-dns/--dhcp-search (tests/daemon/test_pasta_dns.py covers the default).
+PASTA_DNS = pytest.mark.daemon_args("--dhcp-dns", "--dhcp-search")
+
+
 # -- IPv4 ------------------------------------------------------------------------------
 
+@PASTA_DNS
 def test_udhcpc_lease_and_ping(served_guest):
     sb = served_guest
     env = udhcpc_lease(sb)
@@ -133,6 +130,7 @@ def test_udhcpc_lease_and_ping(served_guest):
 
 
 @pytest.mark.skipif(not os.path.exists(DHCLIENT), reason="needs isc-dhcp-client")
+@PASTA_DNS
 def test_dhclient_v4_lease(served_guest):
     sb = served_guest
     env = dhclient(sb, "-4", name="dhclient4")
@@ -147,7 +145,8 @@ def test_dhclient_v4_lease(served_guest):
 
 
 def test_options_reach_the_guest(serve_guest):
-    sb = serve_guest("--mtu", "1500", "-S", "lab.example.net", "-D", "198.51.100.53")
+    sb = serve_guest("--mtu", "1500", "-S", "lab.example.net", "-D", "198.51.100.53",
+                     "--dhcp-dns", "--dhcp-search")
     env = udhcpc_lease(sb)
     assert (env["mtu"], env["search"], env["dns"]) == ("1500", "lab.example.net", "198.51.100.53")
     assert env["ip"] == sb.host_addr4
@@ -179,6 +178,7 @@ def test_slaac_and_ping6(served_guest):
 
 
 @pytest.mark.skipif(not os.path.exists(DHCLIENT), reason="needs isc-dhcp-client")
+@PASTA_DNS
 def test_dhclient_v6_lease(served_guest):
     sb = served_guest
     slaac_address(sb)  # eth0's link-local is usable (DAD done) by then
@@ -236,6 +236,7 @@ sendp(frames, iface="eth0", verbose=False)
 '''
 
 
+@PASTA_DNS
 def test_malformed_frames_counted_daemon_keeps_serving(served_guest):
     """Malformed DHCP/DHCPv6/NDP/ARP frames from a raw socket in the guest are
     dropped under their reason; the daemon still serves a lease afterwards."""

@@ -18,7 +18,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from passtcore.run.conf import NetConfig
+from passtcore.run.process.config import NetConfig
 
 from engine_support import EngineHarness
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from passtcore.run.sandbox import Sandbox
+from passtcore.sandbox import Sandbox
 
 from .world import PEERS, wait_port
 

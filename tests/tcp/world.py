@@ -1,6 +1,6 @@
 """A served guest namespace for the end-to-end TCP/UDP tests.
 
-Built on ``passtcore.run.sandbox.Sandbox``: the daemon runs in the private host
+Built on ``passtcore.sandbox.Sandbox``: the daemon runs in the private host
 namespace (documentation addresses, loopback resolvers) serving a tap in the
 guest namespace; the guest is configured statically with the addresses the
 daemon hands out (the pod's address, the gateway, our link-local as IPv6
@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from passtcore.run.sandbox import Sandbox
+from passtcore.sandbox import Sandbox
 
 PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers.py")
 IMPAIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "impair.py")

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 
-from passtcore.run.udp import UdpEngine
+from passtcore.run.udp.engine import UdpEngine
 
 from tcp.harness import (GUEST4, GUEST6, GW4, GW6, Harness, checksums_ok, guest_port,
                          make_conf)
@@ -85,17 +84,16 @@ def test_flow_expires_after_timeout(h):
     try:
         h.inject(IP(src=GUEST4, dst=GW4) / UDP(sport=guest_port(), dport=srv.getsockname()[1]) / b"x")
         assert h.engine.stats()["flows"] == 1
-        h.engine.tick(time.monotonic() + 100)
+        h.advance(100)
         assert h.engine.stats()["flows"] == 1
-        h.engine.tick(time.monotonic() + 181)
+        h.advance(81)
         assert h.engine.stats()["flows"] == 0
     finally:
         srv.close()
 
 
 def test_flow_limit_drops_and_counts():
-    h = Harness(UdpEngine)
-    h.engine.capacity = 1
+    h = Harness(UdpEngine, make_conf(max_flows=1))
     srv = _udp_server(socket.AF_INET)
     try:
         port = srv.getsockname()[1]

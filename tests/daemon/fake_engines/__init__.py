@@ -1,1 +1,0 @@
-"""Engines for the dispatcher tests: ``arp`` records, ``udp`` raises, others absent."""

@@ -1,1 +1,0 @@
-raise ImportError("an engine under construction that does not import")
