@@ -13,4 +13,7 @@ fi
 # ~100 ms at every interpreter start (start-up time is measured and matters).
 echo "passtcore: building and installing (editable, with test/bench/sidecar extras)"
 .venv/bin/python -m pip install -q -e ".[test,bench,sidecar]" --config-settings editable_mode=compat
+# Bytecode as an installed wheel has it (pip compiles wheels at install; an editable
+# install does not, and PYTHONDONTWRITEBYTECODE may be set): start-up is measured.
+.venv/bin/python -m compileall -q passtcore passtcore_py >/dev/null
 .venv/bin/python -c "import passtcore; print('passtcore: backend =', passtcore.backend)"

@@ -55,11 +55,12 @@ class Context:
         """Up to ``n`` writable frame buffers of the front end (see io/frontend.py)."""
         return self.frontend.tx_slots(n)
 
-    def tx_commit(self, lengths: Sequence[int]) -> int:
-        """Send the first ``len(lengths)`` slots, captured first; frames accepted."""
+    def tx_commit(self, lengths: Sequence[int], gso_size: int = 0) -> int:
+        """Send the first ``len(lengths)`` slots, captured first; frames accepted
+        (``gso_size``: see ``Frontend.tx_commit``)."""
         if self.pcap is not None:
             self.pcap.write_many(self.frontend.slot_frames(lengths))
-        return self.frontend.tx_commit(lengths)
+        return self.frontend.tx_commit(lengths, gso_size)
 
     def to_guest(self, frame: Frame) -> None:
         """Send one complete Ethernet frame built elsewhere (a copy)."""

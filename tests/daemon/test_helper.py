@@ -42,3 +42,31 @@ def test_exceptions_come_back() -> None:
         run_in_child(_fail)
     with pytest.raises(RuntimeError, match="_Unpicklable: odd"):
         run_in_child(_fail_oddly)
+
+
+def _pid_and_preloaded() -> tuple[int, bool]:
+    return os.getpid(), "xml.dom.minidom" in sys.modules
+
+
+def test_a_session_serves_every_call_from_one_preloaded_child() -> None:
+    """helper.start(): one child imports the preload once and serves the calls in
+    order (the daemon's host query and tap set-up: one pyroute2 import, not two)."""
+    from passtcore.run.process import helper
+
+    was_loaded = "xml.dom.minidom" in sys.modules
+    helper.start(preload=("xml.dom.minidom",))
+    try:
+        first = run_in_child(_pid_and_preloaded)
+        second = run_in_child(_pid_and_preloaded)
+        assert first == second and first[0] != os.getpid() and first[1]
+        with pytest.raises(ConfError):
+            run_in_child(_fail)
+        assert run_in_child(_pid_and_preloaded) == first  # an error does not end it
+        child = first[0]
+    finally:
+        helper.stop()
+        helper.stop()  # idempotent
+    assert not os.path.exists(f"/proc/{child}")  # reaped
+    assert ("xml.dom.minidom" in sys.modules) == was_loaded
+    pid, _ = run_in_child(_pid_and_preloaded)  # without a session: a child per call
+    assert pid != child

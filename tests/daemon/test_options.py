@@ -253,3 +253,11 @@ def test_help_documents_namespace_options() -> None:
     for opt in ("--tcp-ns", "--udp-ns", "--userns", "--netns-only", "--dhcp-dns",
                 "--dhcp-search", "auto"):
         assert opt in text, opt
+
+
+def test_no_tap_offload_is_for_namespace_mode() -> None:
+    assert options.parse(["--netns", OWN_NETNS, "--no-tap-offload"]).no_tap_offload
+    assert not options.parse(["--netns", OWN_NETNS]).no_tap_offload
+    with pytest.raises(options.OptionError, match="--no-tap-offload"):
+        options.parse(["--no-tap-offload"])
+    assert "--no-tap-offload" in options.USAGE

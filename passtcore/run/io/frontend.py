@@ -92,12 +92,17 @@ class Frontend:
         """Up to ``n`` writable frame buffers of ``SLOT_SIZE`` bytes (at most ``nslots``)."""
         return self._slots[:n]
 
-    def tx_commit(self, lengths: Sequence[int]) -> int:
+    #: the front end takes TCP segments longer than the guest's MTU (``tx_commit``'s
+    #: ``gso_size``) and segments them, or has them segmented, at that size
+    tso = False
+
+    def tx_commit(self, lengths: Sequence[int], gso_size: int = 0) -> int:
         """Send the first ``len(lengths)`` slots as frames of those lengths; the
-        number of frames accepted (the others are counted as drops)."""
+        number of frames accepted (the others are counted as drops). With ``tso``,
+        ``gso_size`` is the guest's MSS for TCP frames longer than one segment."""
         if not lengths:
             return 0
-        return self._transmit(lengths)
+        return self._transmit(lengths, gso_size)
 
     def send_many(self, frames: Sequence[Any]) -> int:
         """Copy path: frames built elsewhere are copied into slots and committed."""
@@ -123,7 +128,7 @@ class Frontend:
         return [self._slots[i][:n] for i, n in enumerate(lengths)]
 
     # -- subclasses ----------------------------------------------------------
-    def _transmit(self, lengths: Sequence[int]) -> int:  # pragma: no cover - abstract
+    def _transmit(self, lengths: Sequence[int], gso_size: int = 0) -> int:  # pragma: no cover
         raise NotImplementedError
 
     @property
@@ -146,7 +151,7 @@ class MemoryFrontend(Frontend):
         super().__init__(counters if counters is not None else Counters(), on_batch, nslots)
         self.frames: list[bytes] = []
 
-    def _transmit(self, lengths: Sequence[int]) -> int:
+    def _transmit(self, lengths: Sequence[int], gso_size: int = 0) -> int:
         for i, n in enumerate(lengths):
             self.frames.append(bytes(self._slots[i][:n]))
             self.counters.frame_out(n)

@@ -306,7 +306,7 @@ class StreamFrontend(Frontend):
     def connected(self) -> bool:
         return self.conn is not None and not self.conn.closed
 
-    def _transmit(self, lengths: Sequence[int]) -> int:
+    def _transmit(self, lengths: Sequence[int], gso_size: int = 0) -> int:
         if not self.connected:
             self.counters.drop("no-guest", len(lengths))
             return 0

@@ -112,9 +112,27 @@ def daemonise(pid_fd: int | None) -> None:
 
 
 def run(opts: Any, early: tuple[Any, str] | None) -> int:
-    from passtcore.run.process import config as _conf
-    from passtcore.run.process import logsink
+    from passtcore.run.process import helper
 
+    # The netlink helper first: it imports pyroute2 (~150 ms) while we import the
+    # engines and kernels; it serves the host query and the tap set-up, then ends.
+    helper.start()
+    try:
+        return _run(opts, early)
+    finally:
+        helper.stop()
+
+
+def _run(opts: Any, early: tuple[Any, str] | None) -> int:
+    import passtcore
+    from passtcore.run.context import Context
+    from passtcore.run.dispatch import Dispatcher
+    from passtcore.run.io.loop import Loop
+    from passtcore.run.io.pcap import PcapWriter
+    from passtcore.run.process import config as _conf
+    from passtcore.run.process import helper, logsink
+
+    passtcore.headers.parse_frame  # noqa: B018 - the packet kernels load now, before --runas
     try:
         handler = logsink.setup(opts, _options.VERSION)
     except OSError as exc:
@@ -131,11 +149,6 @@ def run(opts: Any, early: tuple[Any, str] | None) -> int:
     if not opts.quiet:
         for line in cfg.describe():
             log.info("%s", line)
-
-    from passtcore.run.context import Context
-    from passtcore.run.dispatch import Dispatcher
-    from passtcore.run.io.loop import Loop
-    from passtcore.run.io.pcap import PcapWriter
 
     counters = Counters()
     loop = Loop()
@@ -159,6 +172,7 @@ def run(opts: Any, early: tuple[Any, str] | None) -> int:
     dispatcher = Dispatcher(ctx)  # loads the packet kernels now, before --runas
     dispatcher.trace = opts.trace
     frontend = _make_frontend(opts, cfg, early, loop, counters)
+    helper.stop()  # netlink work is done: the helper (and pyroute2) go before we serve
     frontend.on_batch = dispatcher.handle_batch
     ctx.frontend = frontend
     try:
@@ -268,7 +282,9 @@ def _make_frontend(opts: Any, cfg: Any, early: tuple[Any, str] | None, loop: Any
         from passtcore.run.process.helper import run_in_child
 
         try:
-            fd = _netns.call_in(opts.netns, lambda: open_tap(ifname), what="opening the tap")
+            fd, offload = _netns.call_in(opts.netns,
+                                         lambda: open_tap(ifname, not opts.no_tap_offload),
+                                         what="opening the tap")
         except OSError as exc:
             raise FatalError(f"--netns: can't open tap {ifname} in {opts.netns}: "
                              f"{exc.strerror or exc}") from None
@@ -294,7 +310,9 @@ def _make_frontend(opts: Any, cfg: Any, early: tuple[Any, str] | None, loop: Any
             raise FatalError(str(exc)) from None
         if fwd is not None:
             atexit.register(fwd.close)
-        return TapFrontend(fd, loop, counters)
+        log.info("tap %s: %s", ifname, "checksum and TSO offloads on" if offload
+                 else "no offloads (plain frames)")
+        return TapFrontend(fd, loop, counters, offload=offload)
     assert early is not None
     sock = socket.socket(fileno=early[0].detach())
     log.info("UNIX domain socket bound at %s", early[1])

@@ -87,6 +87,7 @@ TABLE: tuple[tuple[tuple[str, ...], str, bool, str, bool], ...] = (
     (("no-netns-quit",), "", False, "no_netns_quit", True),
     (("config-net",), "", False, "config_net", True),
     (("ns-mac-addr",), "", True, "ns_mac_addr", False),
+    (("no-tap-offload",), "", False, "no_tap_offload", True),
     (("demo",), "", False, "demo", True),
 )
 
@@ -94,7 +95,7 @@ _LONG = {name: row for row in TABLE for name in row[0]}
 _SHORT = {row[1]: row for row in TABLE if row[1]}
 PASST_ONLY = {"socket", "fd", "one_off", "no_dhcp_dns", "no_dhcp_search"}
 PASTA_ONLY = {"tcp_ns", "udp_ns", "ns_ifname", "userns", "netns_only", "no_netns_quit",
-              "config_net", "ns_mac_addr", "dhcp_dns", "dhcp_search"}
+              "config_net", "ns_mac_addr", "dhcp_dns", "dhcp_search", "no_tap_offload"}
 
 
 def _display(row: tuple[Any, ...]) -> str:
@@ -236,6 +237,7 @@ class Options:
         self.userns: str | None = None
         self.netns: str | None = None        # a path (names resolved to /run/netns/NAME)
         self.netns_only = self.no_netns_quit = self.config_net = False
+        self.no_tap_offload = False
         self.ns_mac_addr: bytes | None = None
         self.demo = False
         self.argv: list[str] = []
@@ -390,7 +392,7 @@ def parse(argv: list[str]) -> Options:
                        "one_off", "ipv4_only", "ipv6_only", "no_dhcp_dns", "no_dhcp_search",
                        "no_tcp", "no_udp", "no_icmp", "no_dhcp", "no_ndp", "no_dhcpv6",
                        "no_ra", "no_map_gw", "netns_only", "no_netns_quit", "config_net",
-                       "demo"):
+                       "no_tap_offload", "demo"):
                 setattr(o, key, True)
             elif key == "dhcp_dns":
                 o.no_dhcp_dns = False
@@ -563,15 +565,17 @@ an inherited socket (-F), or a tap device in a network namespace (--netns).
   --dhcp-dns, --dhcp-search        namespace mode: send them (default there: not sent)
   --dns-forward ADDR, --dns-host ADDR
   --no-tcp --no-udp --no-icmp --no-dhcp --no-ndp --no-dhcpv6 --no-ra --no-map-gw
-  --max-flows N          TCP/UDP flow table size each (default 131072)
+  --max-flows N          TCP, UDP and ICMP flows in all (default 131072)
   -t, --tcp-ports SPEC   -u, --udp-ports SPEC  host->guest forwarding:
                          none | all | [ADDR][%IF]/LIST | LIST,  LIST: [~]A[-B][:C[-D]],...
+                         | auto (namespace mode: the ports bound in it, re-scanned each second)
 namespace mode:
   --netns PATH|NAME | PID  target namespace    -I, --ns-ifname NAME  tap name
   --config-net           configure the tap     --ns-mac-addr ADDR    tap MAC
   --userns PATH          join this user namespace first (default with a PID: the
                          PID's user namespace; with --netns: none)
   --netns-only           do not join a user namespace
+  --no-tap-offload       plain frames on the tap (no checksum/TSO offloads)
   --no-netns-quit        keep running when the namespace goes away
   -T, --tcp-ns SPEC      namespace -> host TCP over loopback: connections to the
                          namespace's 127.0.0.1/::1 go to the host's loopback (same

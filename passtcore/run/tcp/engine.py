@@ -19,6 +19,7 @@ from typing import Any
 import passtcore
 from passtcore.run import nat
 from passtcore.run.io import listeners
+from passtcore.run.io.frontend import SLOT_SIZE
 from passtcore.run.tcp import state as st
 from passtcore.run.tcp.state import (ACK, CLOSED, ESTABLISHED, FIN, M32, RST, SOCK_ACCEPTED,
                                      SOCK_FIN_RCVD, SOCK_FIN_SENT, SYN, TAP_FIN_ACKED,
@@ -85,15 +86,20 @@ class TcpEngine:
             return st.MSS_DEFAULT
 
     def _seg_size(self, c: Conn) -> int:
+        """Payload per frame to the guest: its MSS, or a whole 64 KiB frame when the
+        front end segments at the MSS itself (``tso``: the tap's offloads)."""
         hl = self.h.header_len(c.v, 6)
+        if self.ctx.frontend.tso:
+            return SLOT_SIZE - hl
         return max(1, min(c.mss, 65535 - hl))
 
     def _wnd_to_tap(self, c: Conn) -> int:
+        big = SLOT_SIZE if self.ctx.frontend.tso else 0  # the guest's segments are offloaded too
         try:
             mi = struct.unpack_from("9I", c.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
-            return st.window_to_guest(c, mi[3], mi[5])
+            return st.window_to_guest(c, mi[3], mi[5], big)
         except OSError:
-            return st.window_to_guest(c, st.WINDOW_DEFAULT * 4 // 3, 0)
+            return st.window_to_guest(c, st.WINDOW_DEFAULT * 4 // 3, 0, big)
 
     def _syn_options(self, c: Conn, sack: bool = True) -> bytes:
         return st.syn_options(self._our_mss(c), sack)
@@ -476,7 +482,7 @@ class TcpEngine:
             left -= n
             i += 1
         c.last_wnd = wnd
-        ctx.tx_commit(lengths)
+        ctx.tx_commit(lengths, c.mss)
         ctx.counters.inc("tcp_segments_to_guest", len(lengths))
         return got
 

@@ -155,19 +155,21 @@ def rst_for(info: Any) -> tuple[int, int]:
 
 # -- windows ----------------------------------------------------------------------
 
-def window_to_guest(c: Conn, sndbuf: int, queued: int) -> int:
+def window_to_guest(c: Conn, sndbuf: int, queued: int, frame_payload: int = 0) -> int:
     """The window we advertise, scaled: the host socket's free send space.
 
     ``sndbuf`` and ``queued`` are SO_MEMINFO's sndbuf and wmem_queued (the
     kernel's own accounting, truesize included); a quarter is kept back for skb
     overhead so that what the guest is promised is (almost) always accepted by
-    ``send()``. At most WND_FRAMES segments are in flight: the guest's tap/NIC
-    queue (1000 frames by default) must not overflow when several flows are busy.
+    ``send()``. At most WND_FRAMES frames are in flight: the guest's tap/NIC
+    queue (1000 frames by default) must not overflow when several flows are busy;
+    a frame carries ``frame_payload`` bytes (the MSS, or 64 KiB when the guest's
+    segments are offloaded).
     """
     free = (sndbuf - queued) * 3 // 4 - c.held_bytes
     if not c.events & ESTABLISHED:
         free = max(free, WINDOW_DEFAULT)
-    free = max(0, min(free, MAX_WINDOW, WND_FRAMES * c.mss))
+    free = max(0, min(free, MAX_WINDOW, WND_FRAMES * max(c.mss, frame_payload)))
     return min(free >> c.ws_to_tap, 0xFFFF)
 
 
