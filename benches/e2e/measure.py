@@ -74,7 +74,30 @@ def parse_iperf(doc: dict, reverse: bool) -> dict:
     }
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of ``pid`` so far (None when unknown or gone)."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def iperf(env: Env, link: Link, seconds: int, streams: int, reverse: bool) -> dict:
+    cpu0 = cpu_seconds(link.pid)
+    out = _iperf(env, link, seconds, streams, reverse)
+    cpu1 = cpu_seconds(link.pid)
+    if cpu0 is not None and cpu1 is not None and out["bytes"]:
+        # the translator's CPU for what it moved: comparable across throughputs
+        out["translator_cpu_seconds"] = round(cpu1 - cpu0, 3)
+        out["cpu_s_per_gib"] = round((cpu1 - cpu0) / (out["bytes"] / (1 << 30)), 4)
+    return out
+
+
+def _iperf(env: Env, link: Link, seconds: int, streams: int, reverse: bool) -> dict:
     argv = ["iperf3", "-c", link.target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
             "-P", str(streams), "--get-server-output", "--connect-timeout", "3000"]
     if reverse:

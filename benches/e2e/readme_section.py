@@ -32,6 +32,10 @@ measures them side by side in one run:
 | `pasta` | Debian's `pasta -f --runas 0 --config-net -m MTU -t none -u none -T none -U none --netns <guest>` | 192.0.2.1 (same mapping) |
 | `slirp4netns` | `slirp4netns --configure --mtu=MTU --netns-type=path <guest> tap0` | 10.0.2.2 (-> host loopback) |
 | `veth` | a plain veth pair host ns <-> guest ns (no translation: the upper bound) | 198.51.100.1 |
+| `baseline` | with `--baseline EXE`: another passtcore-run build (e.g. an older checkout), as `passtcore` | 192.0.2.1 |
+
+passtcore-run uses the tap's checksum/TSO offloads (64 KiB segments at any
+guest MTU); Debian's pasta has none.
 
 Measurements, each row in its own fresh namespaces (`passtcore.sandbox`:
 upstream/host/guest, documentation addresses, a private resolv.conf), one fresh
@@ -44,12 +48,20 @@ translator per guest MTU:
   (`e2e/probes.py`, TCP_NODELAY; the client and server are Python, so the
   veth row shows the floor they impose on every row);
 - connections per second: a connect()+close() loop for a fixed time;
+- the translator's CPU seconds per GiB moved over the TCP runs of each MTU
+  (`/proc/PID/stat` utime+stime around each iperf3 run);
 - the translator's VmRSS after the MTU 65520 runs and its peak VmHWM
   (`/proc/PID/status`).
 
 Run as root (about 8 minutes; `--quick`: 3 s per iperf3 test, about 2 minutes):
 
-    .venv/bin/python benches/e2e/run.py [--quick] [--only passtcore,pasta,slirp4netns,veth] [--json OUT]
+    .venv/bin/python benches/e2e/run.py [--quick] [--only passtcore,pasta,slirp4netns,veth] [--baseline EXE] [--json OUT]
+
+Python-level calls per frame in bulk TCP (cProfile over the daemon, MTU 65520 and
+1500, offloads on and off, both directions; the figure the Cython fast path is
+to bring towards zero):
+
+    .venv/bin/python benches/e2e/pycalls.py [--seconds 3]
 
 It prints the table (values, then ratios to pasta and to veth) and saves the
 JSON (default `benches/e2e/results/latest.json`, not committed): per-interval

@@ -1,7 +1,7 @@
 """The side-by-side table (values, then ratios to pasta and to veth).
 
 Rows are metrics, columns translators.  A ratio is ``value / reference``; for
-throughput and connections/s higher is better, for latency and memory lower
+throughput and connections/s higher is better, for latency, memory and CPU per GiB lower
 is better.  Missing or failed cells print ``-`` / ``failed`` and the reasons
 are listed under the table, one per translator status line.
 """
@@ -31,6 +31,9 @@ def _rows() -> list[tuple[str, str, Callable[[dict], float | None]]]:
                 key = iperf_key(mtu, streams, reverse)
                 rows.append((key, iperf_label(mtu, streams, reverse),
                              lambda r, k=key: _get(r, k, "bits_per_second", 1e-9)))
+    for mtu in MTUS:
+        rows.append((f"cpu_mtu{mtu}", f"translator CPU s per GiB, TCP, MTU {mtu}",
+                     lambda r, m=mtu: _cpu_per_gib(r, m)))
     rows.append(("stalled", "stalled 1-s intervals, all iperf3 runs", _stalled_total))
     rows.append(("latency_p50", "TCP 1-byte RTT p50 (us)", lambda r: _get(r, "latency", "p50_us")))
     rows.append(("latency_p99", "TCP 1-byte RTT p99 (us)", lambda r: _get(r, "latency", "p99_us")))
@@ -45,6 +48,16 @@ def _get(res: dict, key: str, field: str, scale: float = 1.0) -> float | None:
     if not m or field not in m:
         return None
     return float(m[field]) * scale
+
+
+def _cpu_per_gib(res: dict, mtu: int) -> float | None:
+    """The translator's CPU seconds per GiB moved, over the TCP runs at ``mtu``."""
+    runs = [m for k, m in res.get("metrics", {}).items()
+            if k.startswith("tcp_") and k.endswith(f"_mtu{mtu}") and "translator_cpu_seconds" in m]
+    nbytes = sum(m["bytes"] for m in runs)
+    if not runs or not nbytes:
+        return None
+    return sum(m["translator_cpu_seconds"] for m in runs) / (nbytes / (1 << 30))
 
 
 def _stalled_total(res: dict) -> float | None:
@@ -66,6 +79,8 @@ def _fmt(key: str, v: float | None) -> str:
         return f"{v:.2f}"
     if key in ("stalled", "cps"):
         return f"{v:.0f}"
+    if key.startswith("cpu_"):
+        return f"{v:.3f}"
     return f"{v:.1f}"
 
 
