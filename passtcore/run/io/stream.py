@@ -39,7 +39,7 @@ RBUF_SIZE = 4 << 20
 BACKLOG_MAX = 16 << 20
 READS_PER_WAKEUP = 16
 SOCK_BUF = (2**31 - 1) // 2  # passt asks for INT_MAX/2; the kernel clamps it
-MSG_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+MSG_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)  # an int: no enum call per send
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.EBADF)
 
 

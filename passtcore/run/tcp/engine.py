@@ -38,7 +38,10 @@ ACCEPT_BATCH = 64
 HOLD_MAX = st.MAX_WINDOW    # guest data held per connection (out of order / socket full)
 HOLD_TOTAL = 256 << 20      # ... and in total
 COALESCE_MAX = 32768        # guest segments smaller than this are batched into one sendmsg
-MSG_OUT = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+# plain ints: or-ing socket's IntFlag members costs an enum call each time
+MSG_OUT = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+MSG_PEEK_NB = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
+MSG_DISCARD = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL | socket.MSG_TRUNC)
 
 
 class TcpEngine:
@@ -394,7 +397,7 @@ class TcpEngine:
         while n > 0:
             try:
                 # MSG_TRUNC: TCP discards without copying (the buffer is never written)
-                k = c.sock.recv_into(self.discard, min(n, DISCARD), MSG_OUT | socket.MSG_TRUNC)
+                k = c.sock.recv_into(self.discard, min(n, DISCARD), MSG_DISCARD)
             except BlockingIOError:
                 break
             except OSError:
@@ -456,7 +459,7 @@ class TcpEngine:
         if skip:
             iov.insert(0, self.discard[:skip])
         try:
-            got = c.sock.recvmsg_into(iov, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)[0]
+            got = c.sock.recvmsg_into(iov, 0, MSG_PEEK_NB)[0]
         except BlockingIOError:
             return -1
         except OSError:
@@ -677,10 +680,11 @@ class TcpEngine:
         if c.sock is not None:
             c.last_activity = self._now()
             self._active(c)
-            self._push(c)
+            self._push(c, woken=True)
 
-    def _push(self, c: Conn) -> None:
-        """Send host data the guest has not seen, within its window (6.4)."""
+    def _push(self, c: Conn, woken: bool = False) -> None:
+        """Send host data the guest has not seen, within its window (6.4). ``woken``:
+        the socket is readable (new data, or EOF, which only a read can tell)."""
         if c.sock is None or not c.events & ESTABLISHED:
             return
         if c.events & TAP_FIN_SENT:
@@ -701,9 +705,14 @@ class TcpEngine:
         if c.peekoff:
             try:  # bytes queued: peek only what is there (EOF still needs one slot)
                 queued = struct.unpack("i", fcntl.ioctl(c.fd, FIONREAD, b"\0\0\0\0"))[0]
-                want = min(avail, max(queued - outstanding, 1))
             except OSError:
-                pass
+                queued = outstanding + 1
+            if queued <= outstanding and c.reading and not woken:
+                # nothing new: the reader wakes us for new data or EOF, once the
+                # low-water mark follows what the guest has acknowledged
+                self._set_lowat(c, outstanding + 1)
+                return
+            want = min(avail, max(queued - outstanding, 1))
         got = self._peek_burst(c, c.seq_to_tap, want, 0 if c.peekoff else outstanding)
         if c.sock is None:
             return
@@ -727,19 +736,24 @@ class TcpEngine:
         if c.wnd_from_tap - outstanding <= 0:
             self._set_reading(c, False)
             return
-        lowat = outstanding + 1
+        if self._set_lowat(c, outstanding + 1):
+            self._set_reading(c, True)
+
+    def _set_lowat(self, c: Conn, lowat: int) -> bool:
+        """SO_RCVLOWAT = ``lowat``: the socket is readable only for data the guest has
+        not been sent (or EOF). False (and not reading) past the kernel's cap of
+        rcvbuf/2, where it would stay readable with nothing new: the guest's ACKs
+        call _push instead."""
         if lowat > c.lowat_cap:
-            # the kernel caps SO_RCVLOWAT at rcvbuf/2: the socket would stay readable
-            # with nothing new in it, so wait for the guest's ACKs (they call _push)
             self._set_reading(c, False)
-            return
+            return False
         if lowat != c.lowat:
             try:
                 c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
                 c.lowat = lowat
             except OSError:
                 pass
-        self._set_reading(c, True)
+        return True
 
     def _on_accept(self, lsock: socket.socket, fw: listeners.Forward) -> None:
         ctx = self.ctx
