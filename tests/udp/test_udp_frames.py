@@ -134,6 +134,28 @@ def test_inbound_forwarded_port_with_remap_and_reply():
         h.close()
 
 
+def test_forwarded_ports_are_not_flows():
+    """Forwarded sockets (``-u``, ``-u all``: 2 x 49151 of them) neither expire nor
+    take --max-flows places from the guest's own flows."""
+    ports = []
+    for _ in range(3):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    h = Harness(UdpEngine, make_conf(max_flows=1, udp_ports=[f"127.0.0.1/{ports[0]},{ports[1]}"]))
+    srv = _udp_server(socket.AF_INET)
+    try:
+        assert h.engine.stats() == {"flows": 0, "forwarded": 2}
+        h.inject(IP(src=GUEST4, dst=GW4) / UDP(sport=guest_port(), dport=srv.getsockname()[1]) / b"1")
+        assert srv.recvfrom(10)[0] == b"1"          # the one flow --max-flows allows
+        assert h.engine.stats() == {"flows": 1, "forwarded": 2}
+        h.advance(1000)                               # the guest's flow expires, not these
+        assert h.engine.stats() == {"flows": 0, "forwarded": 2}
+    finally:
+        srv.close()
+        h.close()
+
+
 def test_dns_forward_v4():
     # responder on loopback at a high port stands in for port 53 via a dns_host trick:
     # the engine sends to dns_host:53, so bind a responder on 127.0.0.53:53 if we may.

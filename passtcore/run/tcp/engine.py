@@ -211,10 +211,14 @@ class TcpEngine:
     def _active(self, c: Conn) -> None:
         """Activity on an established connection: its deadline moves (the handshake
         keeps the one set at the SYN). Expiry runs once a second, so moving it more
-        often than that buys nothing: at most once per second per connection."""
-        if c.events & ESTABLISHED and c.last_activity - c.touched >= 1.0:
-            c.touched = c.last_activity
-            self.flows.touch(c.idx, c.flow_timeout())
+        often than that buys nothing: once per second per connection, or at once
+        when its state's timeout changes (both FINs: 60 s)."""
+        if not c.events & ESTABLISHED:
+            return
+        timeout = c.flow_timeout()
+        if c.last_activity - c.touched >= 1.0 or timeout != c.touched_timeout:
+            c.touched, c.touched_timeout = c.last_activity, timeout
+            self.flows.touch(c.idx, timeout)
 
     def flow_expired(self, c: Conn) -> None:
         """The registry's deadline passed (the flow is already out of the table)."""
@@ -244,10 +248,8 @@ class TcpEngine:
             self._established(c, frame, info)
         elif c.events & SOCK_ACCEPTED:
             self._guest_syn_ack(c, frame, info)
-            c.touched = 0.0  # established now: the idle deadline replaces the handshake's
         elif c.events & TAP_SYN_RCVD:
             self._handshake_ack(c, frame, info)
-            c.touched = 0.0
         if not c.events & CLOSED:
             self._active(c)
 

@@ -65,7 +65,7 @@ class Conn:
         "lowat", "dupacks", "retries", "last_progress", "last_activity", "created",
         "last_wnd", "fin_seq", "stalled_since", "peekoff", "held", "held_bytes", "recover",
         "ack_due", "lowat_cap", "pend", "pend_bytes", "sack", "sack_recent", "rexmit_hi",
-        "touched",
+        "touched", "touched_timeout",
     )
 
     def __init__(self) -> None:
@@ -102,7 +102,8 @@ class Conn:
         self.peekoff = False
         self.lowat_cap = 1 << 20
         self.created = self.last_activity = self.last_progress = 0.0
-        self.touched = 0.0       # when the registry deadline was last moved
+        self.touched = 0.0       # when the registry deadline was last moved ...
+        self.touched_timeout = 0.0  # ... and with which timeout
 
     def flow_timeout(self) -> float:
         """The idle deadline for this state: handshake, closing or established."""

@@ -20,7 +20,7 @@ BATCH = 32
 class UdpFlow:
     """One host socket serving one guest port of one family."""
 
-    __slots__ = ("sock", "fd", "v", "gport", "gaddr", "last", "forwarded", "idx", "mapped")
+    __slots__ = ("sock", "fd", "v", "gport", "gaddr", "forwarded", "idx", "mapped")
 
     def __init__(self, sock: socket.socket, v: int, gport: int, forwarded: bool) -> None:
         self.sock = sock
@@ -28,7 +28,6 @@ class UdpFlow:
         self.v = v
         self.gport = gport
         self.gaddr: bytes | None = None
-        self.last = 0.0
         self.forwarded = forwarded
         self.idx = -1
         # remote port -> the address the guest sent to, when it was mapped to a
@@ -46,7 +45,10 @@ class UdpEngine:
         self.flows = ctx.flows
         # (version, host source port) -> "lo" | "own": last local sender (7.3)
         self.local_src: dict[tuple[int, int], str] = {}
-        self.by_sock: dict[int, UdpFlow] = {}   # forwarded ports: fd -> flow
+        # Forwarded ports are listeners, not flows (they neither expire nor count
+        # against --max-flows): found by the guest-side port, and by descriptor.
+        self.forwarded: dict[tuple[int, int], UdpFlow] = {}
+        self.by_sock: dict[int, UdpFlow] = {}
         self.listeners = listeners.ListenerSet(ctx.loop, socket.SOCK_DGRAM, self._on_forwarded,
                                                v4=bool(conf.v4), v6=bool(conf.v6))
         for s, fw in self.listeners.open(listeners.conf_specs(conf, "udp")):
@@ -55,8 +57,8 @@ class UdpEngine:
     def _add_forwarded(self, s: socket.socket, fw: listeners.Forward) -> None:
         v = 4 if s.family == socket.AF_INET else 6
         f = UdpFlow(s, v, fw.guest_port, True)
-        # registered under the guest port: the guest's replies leave through it
-        f.idx = self.flows.add(self, 17, ANY[v], fw.guest_port, ANY[v], 0, f, None)
+        # by the guest port: the guest's replies from it leave through this socket
+        self.forwarded[(v, fw.guest_port)] = f
         self.by_sock[f.fd] = f
 
     def _on_forwarded(self, s: socket.socket, fw: listeners.Forward) -> None:
@@ -119,14 +121,16 @@ class UdpEngine:
 
     def handle(self, frame: Any, info: Any) -> None:
         v = info.ip_version
-        f = self.flows.lookup(17, ANY[v], info.sport, ANY[v], 0)
+        f = self.forwarded.get((v, info.sport)) if self.forwarded else None
         if f is None:
-            f = self._open(v, info.sport)
+            f = self.flows.lookup(17, ANY[v], info.sport, ANY[v], 0)
             if f is None:
-                self._drop("udp-no-socket")
-                return
-        elif not f.forwarded:
-            self.flows.touch(f.idx, UDP_TIMEOUT)
+                f = self._open(v, info.sport)
+                if f is None:
+                    self._drop("udp-no-socket")
+                    return
+            else:
+                self.flows.touch(f.idx, UDP_TIMEOUT)
         f.gaddr = bytes(info.src)
         orig = bytes(info.dst)
         dst = self._target(v, orig, info.dport)
@@ -210,19 +214,20 @@ class UdpEngine:
     def _close_flow(self, f: UdpFlow) -> None:
         if f.sock is None:
             return
-        self.flows.remove(f.idx, f)
         if f.forwarded:
+            self.forwarded.pop((f.v, f.gport), None)
             self.by_sock.pop(f.fd, None)
             self.listeners.remove(f.sock)
         else:
+            self.flows.remove(f.idx, f)
             self.ctx.loop.remove_reader(f.fd)
             f.sock.close()
         f.sock = None
 
     def close(self) -> None:
-        for f in self.flows.objects(self):
+        for f in [*self.flows.objects(self), *self.forwarded.values()]:
             self._close_flow(f)
         self.listeners.close()
 
     def stats(self) -> dict[str, int]:
-        return {"flows": len(self.flows.objects(self))}
+        return {"flows": len(self.flows.objects(self)), "forwarded": len(self.forwarded)}
