@@ -84,9 +84,10 @@ def wait_for(pred: Any, timeout: float, what: str, interval: float = 0.01) -> An
         time.sleep(interval)
 
 
-def _kill(proc: subprocess.Popen[Any] | None, pid: int | None = None, timeout: float = 5.0
-          ) -> int | None:
-    """SIGTERM, wait, SIGKILL; by PID only."""
+def stop_process(proc: subprocess.Popen[Any] | None, pid: int | None = None,
+                 timeout: float = 5.0) -> int | None:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL; by PID only. The exit status when
+    ``proc`` is given."""
     target = proc.pid if proc is not None else pid
     if target is None:
         return None
@@ -158,13 +159,13 @@ class Daemon:
     def stop(self, timeout: float = 5.0) -> int | None:
         if self.proc is not None and self.proc.pid == self.pid:
             if self.proc.poll() is None:
-                self.returncode = _kill(self.proc, timeout=timeout)
+                self.returncode = stop_process(self.proc, timeout=timeout)
             else:
                 self.returncode = self.proc.returncode
         else:
             if self.proc is not None and self.proc.poll() is None:
-                _kill(self.proc, timeout=timeout)
-            _kill(None, self.pid, timeout)
+                stop_process(self.proc, timeout=timeout)
+            stop_process(None, self.pid, timeout)
         if self in self.sandbox.daemons:
             self.sandbox.daemons.remove(self)
         return self.returncode
@@ -368,7 +369,7 @@ class Sandbox:
             try:
                 out, err = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
-                _kill(proc)
+                stop_process(proc)
                 raise
             if proc.returncode != 0:
                 raise RuntimeError(f"passtcore-run exited {proc.returncode}: {err.decode()}")
@@ -412,7 +413,7 @@ class Sandbox:
         for p in self.procs:
             if p.poll() is None:
                 try:
-                    _kill(p, timeout=3)
+                    stop_process(p, timeout=3)
                 except Exception:
                     pass
         self.procs.clear()
@@ -432,4 +433,4 @@ class Sandbox:
                            timeout=10)
         for tok in r.stdout.split():
             if tok.isdigit() and int(tok) != os.getpid():
-                _kill(None, int(tok), timeout=3)
+                stop_process(None, int(tok), timeout=3)

@@ -25,7 +25,7 @@ import pytest
 
 from passtcore.run.counters import parse_line
 from passtcore.run.io import portscan
-from passtcore.sandbox import Sandbox, daemon_binary, wait_for
+from passtcore.sandbox import Sandbox, daemon_binary, stop_process, wait_for
 
 HERE = Path(__file__).parent
 PEERS = str(HERE / "splice_peers.py")
@@ -210,12 +210,7 @@ class Relay:
         if self.kind == "daemon":
             self.daemon.stop()
         elif self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            stop_process(self.proc, timeout=10)
 
 
 @pytest.fixture(params=["relay", "daemon"])

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from passtcore.sandbox import Sandbox, daemon_binary, wait_for
+from passtcore.sandbox import Sandbox, daemon_binary, stop_process, wait_for
 
 HERE = Path(__file__).parent
 PEERS = str(HERE / "splice_peers.py")
@@ -59,12 +59,7 @@ class Started:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            stop_process(self.proc, timeout=10)
 
 
 @pytest.fixture

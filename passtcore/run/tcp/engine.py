@@ -93,7 +93,9 @@ class TcpEngine:
         front end segments at the MSS itself (``tso``: the tap's offloads)."""
         hl = self.h.header_len(c.v, 6)
         if self.ctx.frontend.tso:
-            return SLOT_SIZE - hl
+            # whole MSS multiples: the kernel cuts the frame into full segments only
+            return max(1, (SLOT_SIZE - hl) // c.mss) * c.mss if c.mss <= SLOT_SIZE - hl \
+                else SLOT_SIZE - hl
         return max(1, min(c.mss, 65535 - hl))
 
     def _wnd_to_tap(self, c: Conn) -> int:
