@@ -69,7 +69,7 @@ class FlowRegistry:
         """Register ``flow``; its index, or -1 if refused (at the limit, or a duplicate)."""
         name = _NAMES.get(proto, str(proto))
         try:
-            idx = self.table.insert(proto, side, to16(guest), gport, to16(remote), rport)
+            idx = self.table.insert(proto, side, guest, gport, remote, rport)
         except (passtcore.flowtable.FlowTableFull, KeyError):
             self.counters.inc(f"{name}_flows_refused")
             return -1
@@ -81,7 +81,8 @@ class FlowRegistry:
     def lookup(self, proto: int, guest: bytes, gport: int, remote: bytes, rport: int,
                side: int = 0) -> Any:
         """The flow object for that key, or None."""
-        idx = self.table.lookup(proto, side, to16(guest), gport, to16(remote), rport)
+        # 4-byte addresses as they are: the kernel maps them to ::ffff:a.b.c.d itself
+        idx = self.table.lookup(proto, side, guest, gport, remote, rport)
         if idx < 0:
             return None
         entry = self.flows.get(idx)
