@@ -52,6 +52,11 @@ DISABLED_BY = {"dhcp": "no_dhcp", "ndp": "no_ndp", "dhcpv6": "no_dhcpv6", "icmp"
                "tcp": "no_tcp", "udp": "no_udp"}
 
 ETH_ARP, ETH_IP, ETH_IP6 = 0x0806, 0x0800, 0x86DD
+# Ethertypes a guest plausibly sends, counted by name; any other is "ethertype-other",
+# so that a hostile guest cannot grow the counters (and their log line) without bound.
+# ICMP types and IP protocols are named as they are: 256 values each at most.
+KNOWN_ETHERTYPES = frozenset((0x0842, 0x22F3, 0x8035, 0x8809, 0x8847, 0x8848, 0x8863, 0x8864,
+                              0x888E, 0x88CC, 0x88E5, 0x88F7, 0x893A, 0x9000))
 
 
 def route(info: Any) -> tuple[str | None, str]:
@@ -62,7 +67,7 @@ def route(info: Any) -> tuple[str | None, str]:
     if et == ETH_ARP:
         return "arp", ""
     if et != ETH_IP and et != ETH_IP6:
-        return None, f"ethertype-0x{et:04x}"
+        return None, f"ethertype-0x{et:04x}" if et in KNOWN_ETHERTYPES else "ethertype-other"
     if info.is_fragment:
         return None, "ip-fragment"
     proto = info.l4_proto

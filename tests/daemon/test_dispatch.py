@@ -95,6 +95,8 @@ def test_drops_by_reason_and_engines(setup) -> None:
     extra = [
         eth(Dot1Q(vlan=5) / IP(src="192.0.2.9", dst="192.0.2.1") / UDP(dport=53)),
         bytes(Ether(src=MAC, type=0x88CC) / (b"\0" * 40)),
+        bytes(Ether(src=MAC, type=0x1234) / (b"\0" * 40)),
+        bytes(Ether(src=MAC, type=0x4321) / (b"\0" * 40)),
         eth(IP(src="192.0.2.9", dst="192.0.2.1", proto=2) / (b"\0" * 8)),
         eth(IP(src="192.0.2.9", dst="192.0.2.1", flags=1) / UDP(dport=53) / b"x"),
         eth(IP(src="192.0.2.9", dst="192.0.2.1") / ICMP(type=13)),
@@ -108,6 +110,7 @@ def test_drops_by_reason_and_engines(setup) -> None:
         assert drops.pop(f"no-engine-{name}") == (2 if name in ("ndp", "icmp") else 1), name
     assert drops.pop("vlan") == 1
     assert drops.pop("ethertype-0x88cc") == 1
+    assert drops.pop("ethertype-other") == 2  # not one counter per value a guest makes up
     assert drops.pop("ip-proto-2") == 1
     assert drops.pop("ip-fragment") == 1
     assert drops.pop("icmp-type-13") == 1
