@@ -73,6 +73,11 @@ def build_tcp(
     buf: Any, offset: int, eth_dst: bytes, eth_src: bytes, src: bytes, dst: bytes, sport: int,
     dport: int, seq: int, ack: int, flags: int, window: int, payload_len: int, options: bytes = b"",
 ) -> int: ...
+def build_tcp_burst(
+    buf: Any, offset: int, stride: int, payload_lens: Any, eth_dst: bytes, eth_src: bytes,
+    src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int, window: int,
+    out: Any,
+) -> int: ...
 def build_udp(
     buf: Any, offset: int, eth_dst: bytes, eth_src: bytes, src: bytes, dst: bytes, sport: int,
     dport: int, payload_len: int, l4_csum: bool = True,

@@ -12,7 +12,7 @@ and update checksums incrementally (RFC 1624).
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from passtcore._kern cimport (
@@ -552,39 +552,84 @@ cdef inline void _finish(uint8_t* b, Py_ssize_t l4, Py_ssize_t l4len, int coff, 
     pc_store16(b + l4 + coff, c)
 
 
+cdef Py_ssize_t _tcp_frame(uint8_t* b, Py_ssize_t blen, Py_ssize_t offset, bytes eth_dst,
+                           bytes eth_src, bytes s, bytes d, int sport, int dport, uint32_t seq,
+                           uint32_t ack, int flags, int window, Py_ssize_t payload_len,
+                           bytes opts) except -1:
+    """Headers of one TCP frame at ``offset`` (payload in place after them); its length."""
+    cdef Py_ssize_t hl, tcp_hl, l4len, l4
+    cdef uint32_t ps
+    hl = header_len(4 if len(s) == 4 else 6, 6, len(opts))
+    tcp_hl = hl - (34 if len(s) == 4 else 54)
+    l4len = tcp_hl + payload_len
+    if payload_len < 0:
+        raise ValueError("payload_len must be >= 0")
+    _build_l3(b, blen, offset, eth_dst, eth_src, s, d, 6, l4len, hl + payload_len, &ps)
+    l4 = offset + hl - tcp_hl
+    pc_store16(b + l4, sport & 0xFFFF)
+    pc_store16(b + l4 + 2, dport & 0xFFFF)
+    pc_store32(b + l4 + 4, seq)
+    pc_store32(b + l4 + 8, ack)
+    b[l4 + 12] = <uint8_t>((tcp_hl // 4) << 4)
+    b[l4 + 13] = flags & 0xFF
+    pc_store16(b + l4 + 14, window & 0xFFFF)
+    memset(b + l4 + 16, 0, 4)
+    if len(opts):
+        memcpy(b + l4 + 20, <const char*>opts, len(opts))
+    memset(b + l4 + 20 + len(opts), 0, tcp_hl - 20 - len(opts))
+    _finish(b, l4, l4len, 16, ps, False)
+    return hl + payload_len
+
+
 def build_tcp(buf, Py_ssize_t offset, eth_dst, eth_src, src, dst, int sport, int dport,
               seq, ack, int flags, int window, Py_ssize_t payload_len, options=b""):
     """Write Ethernet+IP+TCP headers at ``offset`` before the payload; returns the frame length."""
     cdef Py_buffer v
     cdef uint8_t* b = wbuf(buf, &v)
-    cdef bytes opts = _as_bytes(options)
-    cdef bytes s = _as_bytes(src)
-    cdef Py_ssize_t hl, tcp_hl, l4len, l4
-    cdef uint32_t ps
     try:
-        hl = header_len(4 if len(s) == 4 else 6, 6, len(opts))
-        tcp_hl = hl - (34 if len(s) == 4 else 54)
-        l4len = tcp_hl + payload_len
-        if payload_len < 0:
-            raise ValueError("payload_len must be >= 0")
-        _build_l3(b, v.len, offset, _as_bytes(eth_dst), _as_bytes(eth_src), s, _as_bytes(dst),
-                  6, l4len, hl + payload_len, &ps)
-        l4 = offset + hl - tcp_hl
-        pc_store16(b + l4, sport & 0xFFFF)
-        pc_store16(b + l4 + 2, dport & 0xFFFF)
-        pc_store32(b + l4 + 4, <uint32_t>(<unsigned long long>(seq & 0xFFFFFFFF)))
-        pc_store32(b + l4 + 8, <uint32_t>(<unsigned long long>(ack & 0xFFFFFFFF)))
-        b[l4 + 12] = <uint8_t>((tcp_hl // 4) << 4)
-        b[l4 + 13] = flags & 0xFF
-        pc_store16(b + l4 + 14, window & 0xFFFF)
-        memset(b + l4 + 16, 0, 4)
-        if len(opts):
-            memcpy(b + l4 + 20, <const char*>opts, len(opts))
-        memset(b + l4 + 20 + len(opts), 0, tcp_hl - 20 - len(opts))
-        _finish(b, l4, l4len, 16, ps, False)
+        return _tcp_frame(b, v.len, offset, _as_bytes(eth_dst), _as_bytes(eth_src),
+                          _as_bytes(src), _as_bytes(dst), sport, dport,
+                          <uint32_t>(<unsigned long long>(seq & 0xFFFFFFFF)),
+                          <uint32_t>(<unsigned long long>(ack & 0xFFFFFFFF)), flags, window,
+                          payload_len, _as_bytes(options))
     finally:
         PyBuffer_Release(&v)
-    return hl + payload_len
+
+
+def build_tcp_burst(buf, Py_ssize_t offset, Py_ssize_t stride, payload_lens, eth_dst, eth_src,
+                    src, dst, int sport, int dport, seq, ack, int flags, int window, out):
+    """A burst of one flow's TCP segments in one call: frame ``i`` at ``offset + i *
+    stride`` carries ``payload_lens[i]`` bytes already in place after its headers and
+    sequence number ``seq + sum(payload_lens[:i])`` (mod 2**32); everything else is
+    shared. Frame lengths go to ``out[i]`` (a writable int64 buffer, ``array('q')``:
+    no numpy). Returns the number of frames; all are bounds-checked before any is
+    written (ValueError)."""
+    cdef const int64_t[::1] lens = payload_lens
+    cdef int64_t[::1] res = out
+    cdef Py_ssize_t n = lens.shape[0], i
+    cdef Py_buffer v
+    cdef uint8_t* b
+    cdef bytes ed = _as_bytes(eth_dst), es = _as_bytes(eth_src), s = _as_bytes(src)
+    cdef bytes d = _as_bytes(dst), no = b""
+    cdef Py_ssize_t hl = header_len(4 if len(s) == 4 else 6, 6, 0)
+    cdef uint32_t sq = <uint32_t>(<unsigned long long>(seq & 0xFFFFFFFF))
+    cdef uint32_t ak = <uint32_t>(<unsigned long long>(ack & 0xFFFFFFFF))
+    if res.shape[0] < n:
+        raise ValueError("out is shorter than payload_lens")
+    if stride <= 0 or offset < 0:
+        raise ValueError("offset must be >= 0 and stride > 0")
+    b = wbuf(buf, &v)
+    try:
+        for i in range(n):
+            if lens[i] < 0 or lens[i] + hl > stride or offset + i * stride + hl + lens[i] > v.len:
+                raise ValueError("a segment does not fit in its slot")
+        for i in range(n):
+            res[i] = _tcp_frame(b, v.len, offset + i * stride, ed, es, s, d, sport, dport, sq,
+                                ak, flags, window, lens[i], no)
+            sq = <uint32_t>(sq + <uint32_t>lens[i])
+    finally:
+        PyBuffer_Release(&v)
+    return n
 
 
 def build_udp(buf, Py_ssize_t offset, eth_dst, eth_src, src, dst, int sport, int dport,

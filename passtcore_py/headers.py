@@ -687,6 +687,33 @@ def build_tcp(buf: Any, offset: int, eth_dst: bytes, eth_src: bytes, src: bytes,
     return hl + payload_len
 
 
+def build_tcp_burst(buf: Any, offset: int, stride: int, payload_lens: Any, eth_dst: bytes,
+                    eth_src: bytes, src: bytes, dst: bytes, sport: int, dport: int, seq: int,
+                    ack: int, flags: int, window: int, out: Any) -> int:
+    """A burst of one flow's TCP segments in one call: frame ``i`` at ``offset + i *
+    stride`` carries ``payload_lens[i]`` bytes already in place after its headers and
+    sequence number ``seq + sum(payload_lens[:i])`` (mod 2**32); everything else is
+    shared. Frame lengths go to ``out[i]`` (a writable int64 buffer, ``array('q')``:
+    no numpy). Returns the number of frames; all are bounds-checked before any is
+    written (ValueError)."""
+    lens = [int(x) for x in memoryview(payload_lens).cast("B").cast("q")]
+    res = memoryview(out).cast("B").cast("q")
+    if len(res) < len(lens):
+        raise ValueError("out is shorter than payload_lens")
+    if stride <= 0 or offset < 0:
+        raise ValueError("offset must be >= 0 and stride > 0")
+    size = _wview(buf).nbytes
+    hl = header_len(4 if len(bytes(src)) == 4 else 6, IPPROTO_TCP)
+    for i, n in enumerate(lens):
+        if n < 0 or n + hl > stride or offset + i * stride + hl + n > size:
+            raise ValueError("a segment does not fit in its slot")
+    for i, n in enumerate(lens):
+        res[i] = build_tcp(buf, offset + i * stride, eth_dst, eth_src, src, dst, sport, dport,
+                           seq & 0xFFFFFFFF, ack, flags, window, n)
+        seq += n
+    return len(lens)
+
+
 def build_udp(buf: Any, offset: int, eth_dst: bytes, eth_src: bytes, src: bytes, dst: bytes,
               sport: int, dport: int, payload_len: int, l4_csum: bool = True) -> int:
     """Write Ethernet+IP+UDP headers at ``offset`` before the payload; returns the frame length.

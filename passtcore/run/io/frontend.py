@@ -123,6 +123,11 @@ class Frontend:
     def send(self, frame: Any) -> bool:
         return self.send_many([frame]) == 1
 
+    def slot_layout(self) -> tuple[memoryview, int, int]:
+        """(buffer, offset of slot 0, stride): the slots are equally spaced in one
+        buffer, so a kernel can fill a burst of them in one call."""
+        return self.txview, self.HEADROOM, self.stride
+
     def slot_frames(self, lengths: Sequence[int]) -> list[memoryview]:
         """Views of the committed frames (for the pcap writer)."""
         return [self._slots[i][:n] for i, n in enumerate(lengths)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+from array import array
 import logging
 import mmap
 import os
@@ -60,6 +61,8 @@ class TcpEngine:
         self.inflight: set[Conn] = set()   # data or FIN sent, not yet acknowledged
         self.stalled: set[Conn] = set()    # the guest's window is shut: probe it
         self._views: dict[tuple[int, int, int], list[memoryview]] = {}
+        self._seg_lens: dict[int, array] = {}       # payload lengths of full bursts, by size
+        self._frame_lens = array("q", bytes(8 * NSLOTS))
         ctx.loop.call_every(st.RTO_MIN / 2, self._rto_scan)
         self.listeners = listeners.ListenerSet(ctx.loop, socket.SOCK_STREAM, self._on_accept,
                                                v4=bool(conf.v4), v6=bool(conf.v6))
@@ -475,22 +478,23 @@ class TcpEngine:
             got -= skip
         if got <= 0:
             return got
-        gmac, omac = ctx.guest_mac, self.conf.our_mac
-        ack = c.seq_from_tap
         wnd = self._wnd_to_tap(c)
-        lengths = []
-        left = got
-        i = 0
-        while left > 0:
-            n = min(seg, left)
-            lengths.append(h.build_tcp(slots[i], 0, gmac, omac, c.raddr, c.gaddr, c.rport,
-                                       c.gport, seq, ack, ACK, wnd, n))
-            seq = (seq + n) & M32
-            left -= n
-            i += 1
+        # the burst's headers from one kernel call: full segments, then the rest
+        count = (got + seg - 1) // seg
+        plens = self._seg_lens.get(seg)
+        if plens is None:
+            if len(self._seg_lens) > 8:
+                self._seg_lens.clear()
+            plens = self._seg_lens[seg] = array("q", [seg]) * NSLOTS
+        plens = plens[:count]
+        plens[count - 1] = got - (count - 1) * seg
+        lengths = self._frame_lens
+        buf, first, stride = ctx.frontend.slot_layout()
+        h.build_tcp_burst(buf, first, stride, plens, ctx.guest_mac, self.conf.our_mac, c.raddr,
+                          c.gaddr, c.rport, c.gport, seq, c.seq_from_tap, ACK, wnd, lengths)
         c.last_wnd = wnd
-        ctx.tx_commit(lengths, c.mss)
-        ctx.counters.inc("tcp_segments_to_guest", len(lengths))
+        ctx.tx_commit(lengths[:count], c.mss)
+        ctx.counters.inc("tcp_segments_to_guest", count)
         return got
 
     def _payload_views(self, slots: list[memoryview], hl: int, seg: int) -> list[memoryview]:
