@@ -137,20 +137,8 @@ def run_in_child(fn: Callable[..., Any], *args: Any, timeout: float = 30.0) -> A
     """``fn(*args)`` in the set-up helper, or in a child forked for this call."""
     if _session is not None:
         return _session.call(fn, *args, timeout=timeout)
-    r, w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        code = 0
-        try:
-            os.close(r)
-            _send(w, _call(fn, args))
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
+    once = Session()
     try:
-        return _recv(r, timeout, pid)
+        return once.call(fn, *args, timeout=timeout)
     finally:
-        os.close(r)
-        os.waitpid(pid, 0)
+        once.close()
