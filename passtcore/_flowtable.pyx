@@ -40,7 +40,6 @@ from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_
 import operator
 
 from passtcore._kern cimport numpy_module
-from passtcore._siphash cimport siphash24_raw
 
 from passtcore_py.flowtable import (
     MAX_CAPACITY,
@@ -66,7 +65,6 @@ __all__ = [
 
 
 cdef enum:
-    KEY_LEN = 38        # canonical key bytes hashed
     CHUNK = 16          # batch rows hashed and prefetched together
 
 
@@ -79,32 +77,6 @@ cdef extern from *:
     #endif
     """
     void PASSTCORE_PREFETCH(const void* p) noexcept nogil
-
-
-ctypedef struct FlowKey:
-    uint64_t w[5]          # 38 key bytes + 2 zero bytes
-
-
-ctypedef struct Bucket:
-    uint32_t tag           # low 32 bits of the key's SipHash
-    int32_t ref            # flow index + 1, 0 = empty
-
-
-cdef inline bint key_eq(const FlowKey* a, const FlowKey* b) noexcept nogil:
-    return ((a.w[0] ^ b.w[0]) | (a.w[1] ^ b.w[1]) | (a.w[2] ^ b.w[2])
-            | (a.w[3] ^ b.w[3]) | (a.w[4] ^ b.w[4])) == 0
-
-
-cdef inline void key_fill(FlowKey* k, uint8_t proto, uint8_t side, uint16_t sport,
-                          uint16_t dport) noexcept nogil:
-    cdef uint8_t* p = <uint8_t*>k
-    k.w[4] = 0
-    p[0] = proto
-    p[1] = side
-    p[2] = sport >> 8
-    p[3] = sport & 0xff
-    p[4] = dport >> 8
-    p[5] = dport & 0xff
 
 
 cdef int put_addr(uint8_t* dst, object addr) except -1:
@@ -158,16 +130,6 @@ def siphash24(key, data) -> int:
     split_key(bytes(key), &k0, &k1)
     cdef bytes b = data if PyBytes_CheckExact(data) else memoryview(data).tobytes()
     return siphash24_raw(k0, k1, <const uint8_t*>PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b))
-
-
-ctypedef struct KeyRows:
-    Py_ssize_t n
-    const uint8_t* protos
-    const uint8_t* sides
-    const uint8_t* saddrs      # n x 16
-    const uint16_t* sports
-    const uint8_t* daddrs      # n x 16
-    const uint16_t* dports
 
 
 cdef tuple key_rows(KeyRows* rows, protos, sides, saddrs, sports, daddrs, dports):
@@ -225,27 +187,8 @@ cdef inline size_t align64(size_t n) noexcept nogil:
     return (n + 63) & ~(<size_t>63)
 
 
-@cython.final   # direct (inlinable) calls of the cdef methods, no vtable
 cdef class FlowTable:
     """Fixed-capacity flow table: key -> flow index in ``0..capacity-1``."""
-
-    cdef void* _mem            # one anonymous mapping holding every array below
-    cdef size_t _mem_len
-    cdef Bucket* _b
-    cdef FlowKey* _keys
-    cdef uint32_t* _tag
-    cdef double* _seen
-    cdef uint8_t* _used
-    cdef int32_t* _free
-    cdef Py_ssize_t _nfree     # entries on the _free stack (freed indices)
-    cdef Py_ssize_t _fresh     # indices >= _fresh were never handed out
-    cdef Py_ssize_t _capacity
-    cdef Py_ssize_t _n
-    cdef size_t _nbuckets
-    cdef size_t _mask
-    cdef uint64_t _k0, _k1
-    cdef bytes _key
-    cdef uint64_t _inserts, _removes, _expired, _lookups, _hits, _probe_total, _probe_max
 
     def __cinit__(self, capacity, key=None):
         cdef size_t o_keys, o_tag, o_seen, o_used, o_free
@@ -311,41 +254,7 @@ cdef class FlowTable:
     def __repr__(self) -> str:
         return f"<FlowTable {self._n}/{self._capacity} flows, {self._nbuckets} buckets>"
 
-    # -- nogil core -------------------------------------------------------
-    cdef inline uint32_t _hash(self, const FlowKey* k) noexcept nogil:
-        return <uint32_t>siphash24_raw(self._k0, self._k1, <const uint8_t*>k, KEY_LEN)
-
-    cdef inline int32_t _find(self, const FlowKey* k, uint32_t tag, size_t* bucket,
-                              uint64_t* probes) noexcept nogil:
-        """Flow index of k or -1; *bucket = its bucket or the empty one ending the probe."""
-        cdef size_t b = tag & self._mask
-        cdef uint64_t n = 1
-        cdef int32_t r
-        while True:
-            r = self._b[b].ref
-            if r == 0 or (self._b[b].tag == tag and key_eq(&self._keys[r - 1], k)):
-                break
-            b = (b + 1) & self._mask
-            n += 1
-        bucket[0] = b
-        probes[0] = n
-        return r - 1
-
-    cdef inline int32_t _lookup(self, const FlowKey* k) noexcept nogil:
-        return self._lookup_tagged(k, self._hash(k))
-
-    cdef inline int32_t _lookup_tagged(self, const FlowKey* k, uint32_t tag) noexcept nogil:
-        cdef size_t b
-        cdef uint64_t probes
-        cdef int32_t i = self._find(k, tag, &b, &probes)
-        self._lookups += 1
-        self._probe_total += probes
-        if probes > self._probe_max:
-            self._probe_max = probes
-        if i >= 0:
-            self._hits += 1
-        return i
-
+    # -- nogil core (the probe itself is inline in _flowtable.pxd) -------
     cdef int32_t _insert(self, const FlowKey* k, double now) noexcept nogil:
         """Flow index; -1 if the key is present, -2 if the table is full."""
         cdef size_t b

@@ -15,6 +15,16 @@ io/frontend.py); ``Dispatcher.handle_batch`` takes each frame in turn:
    ``--no-dhcp``...), whose engine is never built;
 5. call the engine's ``handle(frame, info)``.
 
+Before that, the whole batch goes through the data-plane fast path
+(``passtcore.fastpath``, one kernel call for a run of frames): frames of an
+established TCP connection in its common state and UDP datagrams of a known
+flow are handled there, without Python; it stops at the first frame that needs
+the steps above, which then takes them, and the fast path goes on after it.
+Its events (data the socket did not take, a socket error, a window that moved)
+go to the TCP engine (``fast_event``); its ACKs are built into the front end's
+slots after the batch (``FastPath.finish``). ``PASSTCORE_NO_FASTPATH=1`` turns
+it off (every frame takes the steps above: a benchmark's baseline).
+
 The engines are an explicit table (``ENGINES``: route -> engine class), built
 once at start-up (before privileges are dropped). Engines rely on what the
 dispatcher checked: they never see a fragment, a disabled service or a frame
@@ -25,6 +35,7 @@ with rate limiting), never the batch or the daemon.
 from __future__ import annotations
 
 import logging
+import os
 from array import array
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +43,7 @@ from typing import Any
 import passtcore
 from passtcore.run.context import Context
 from passtcore.run.icmp import IcmpEngine
+from passtcore.run.io.frontend import SLOT_SIZE
 from passtcore.run.l2.arp import ArpEngine
 from passtcore.run.l2.common import Drop
 from passtcore.run.l2.dhcp import DhcpEngine
@@ -109,6 +121,8 @@ class Dispatcher:
         self.parse = passtcore.headers.parse_frame  # loads the kernel now, before --runas
         self.parse_error = passtcore.headers.ParseError
         self.trace = False
+        self.fast: Any = None             # the fast path, once the engines exist
+        self._ack_lens = array("q", bytes(8 * 256))
 
     def load_all(self) -> None:
         """Build every enabled engine now (forwarded ports are bound here: a failure
@@ -118,20 +132,80 @@ class Dispatcher:
                 self.engines[name] = cls(self.ctx)
         self.ctx.engines.update(self.engines)
         self._end_batch = [e.end_batch for e in self.engines.values() if hasattr(e, "end_batch")]
+        if (os.environ.get("PASSTCORE_NO_FASTPATH", "") in ("", "0")
+                and ("tcp" in self.engines or "udp" in self.engines)):
+            self.fast = self.ctx.flows.fast
+            self.fast.our_mac = self.ctx.conf.our_mac
 
     def handle_batch(self, buf: memoryview, offsets: array, lengths: array, count: int) -> None:
-        """A front end's batch: each frame captured (``--pcap``) and handled, then the
-        engines' end-of-batch work (one ACK for all the segments of a flow)."""
+        """A front end's batch: each frame captured (``--pcap``) and handled (the
+        fast path first, see the module docstring), then the engines' end-of-batch
+        work (one ACK for all the segments of a flow)."""
         handle = self.handle
         pcap = self.ctx.pcap
-        for i in range(count):
-            off = offsets[i]
-            frame = buf[off:off + lengths[i]]  # not released: an engine bug keeping it is harmless
-            if pcap is not None:
-                pcap.write(frame)
-            handle(frame)
+        if pcap is not None:
+            for i in range(count):
+                off = offsets[i]
+                pcap.write(buf[off:off + lengths[i]])
+        fast = self.fast
+        if fast is None or self.trace:
+            for i in range(count):
+                off = offsets[i]
+                handle(buf[off:off + lengths[i]])  # not released: an engine bug keeping it is harmless
+        else:
+            self._fast_batch(fast, buf, offsets, lengths, count)
         for end_batch in self._end_batch:
             end_batch()
+
+    def _fast_batch(self, fast: Any, buf: memoryview, offsets: array, lengths: array,
+                    count: int) -> None:
+        ctx = self.ctx
+        handle = self.handle
+        fast.guest_mac = ctx.guest_mac
+        now = ctx.loop.now()
+        i = 0
+        try:
+            for _ in range(2 * count + 1):  # bounded: every pass handles a frame at least
+                if i >= count:
+                    break
+                i = fast.run(buf, offsets, lengths, i, count, now)
+                if fast.events:
+                    self._fast_events(fast)
+                if fast.slow:
+                    off = offsets[i]
+                    handle(buf[off:off + lengths[i]])
+                    i += 1
+                    fast.guest_mac = ctx.guest_mac
+            fast.frame_payload = SLOT_SIZE if ctx.frontend.tso else 0
+            frontend = ctx.frontend
+            nslots = min(frontend.nslots, len(self._ack_lens))
+            slots, first, stride = frontend.slot_layout()
+            for _ in range(count + 1):  # bounded: at most one ACK per frame
+                n = fast.finish(slots, first, stride, nslots, self._ack_lens)
+                if n:
+                    ctx.tx_commit(self._ack_lens[:n])
+                if fast.events:
+                    self._fast_events(fast)
+                if n < nslots:
+                    break
+        except Exception:
+            # a kernel bug: count it, turn the fast path off, finish the batch the slow way
+            ctx.counters.drop("engine-error-fastpath")
+            log.warning("the fast path failed; it is off from now on", exc_info=True)
+            self.fast = None
+            for j in range(i, count):
+                off = offsets[j]
+                handle(buf[off:off + lengths[j]])
+
+    def _fast_events(self, fast: Any) -> None:
+        events, fast.events = fast.events, []
+        tcp = self.engines.get("tcp")
+        for kind, flow, data in events:
+            try:
+                tcp.fast_event(kind, flow, data)
+            except Exception:
+                self.ctx.counters.drop("engine-error-tcp")
+                log.warning("tcp: fast-path event %d failed", kind, exc_info=True)
 
     def handle(self, frame: memoryview) -> None:
         ctx = self.ctx

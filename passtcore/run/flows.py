@@ -18,7 +18,9 @@ one object of the engine that owns it. This is the one place that
 
 Engines keep their per-flow state in their own objects; the registry maps a
 flow index to that object, so a lookup is one hash probe in the kernel plus one
-dictionary access.
+dictionary access. The data-plane fast path (``passtcore.fastpath``) gets the
+same index -> object map (``fast``: kept by ``add``/``remove``/``expire``), so
+that it finds a frame's flow from C without asking Python.
 """
 from __future__ import annotations
 
@@ -60,6 +62,9 @@ class FlowRegistry:
         self.clock = clock                      # () -> monotonic seconds
         self.flows: dict[int, tuple[FlowOwner, Any]] = {}
         self._expired = array("q", bytes(8 * min(EXPIRE_BATCH, capacity)))
+        values = getattr(counters, "values", None)
+        self.fast = passtcore.fastpath.FastPath(self.table, values if isinstance(values, dict)
+                                                else None)
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -74,6 +79,7 @@ class FlowRegistry:
             self.counters.inc(f"{name}_flows_refused")
             return -1
         self.flows[idx] = (owner, flow)
+        self.fast.attach(idx, flow)
         self.touch(idx, timeout)
         self.counters.inc(f"{name}_flows")
         return idx
@@ -101,6 +107,7 @@ class FlowRegistry:
         if entry is None or (flow is not None and entry[1] is not flow):
             return
         del self.flows[idx]
+        self.fast.detach(idx)
         self.table.remove_index(idx)
 
     def expire(self, now: float | None = None) -> int:
@@ -111,6 +118,7 @@ class FlowRegistry:
         for _ in range(self.capacity // len(out) + 1):  # bounded: every flow at most once
             n = self.table.expire_into(now, REFERENCE, out)
             for i in range(n):
+                self.fast.detach(out[i])
                 entry = self.flows.pop(out[i], None)
                 if entry is not None:
                     entry[0].flow_expired(entry[1])

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import passtcore
+from passtcore_py import fastpath as fp
 from passtcore.run import nat
 from passtcore.run.io import listeners
 from passtcore.run.io.frontend import SLOT_SIZE
@@ -682,6 +683,24 @@ class TcpEngine:
             self._ctrl(c, ACK)
             if c.events & TAP_FIN_RCVD and c.events & TAP_FIN_ACKED:
                 self._free(c)
+
+    def fast_event(self, kind: int, c: Conn, data: Any) -> None:
+        """What the fast path (``passtcore.fastpath``) leaves to the engine."""
+        if c.events & CLOSED or c.sock is None:
+            return
+        if kind == fp.EV_PUSH:
+            if c.events & ESTABLISHED:
+                self._push(c)
+        elif kind == fp.EV_HOLD:
+            # the socket took part of the batch's data: keep the rest, wait for POLLOUT
+            self._count("tcp_sndbuf_full")
+            self._hold(c, c.seq_from_tap, data, False)
+            self._set_writing(c, True)
+            self._ack_later(c)
+        elif kind == fp.EV_RESET:
+            self._reset(c)
+        elif kind == fp.EV_ACK:
+            self._ack_later(c)
 
     # -- host side -------------------------------------------------------------
     def _on_readable(self, c: Conn) -> None:

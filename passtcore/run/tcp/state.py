@@ -16,103 +16,27 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+import passtcore
+# One definition of the constants and of the connection's fields: the fast-path
+# kernel's (``passtcore.fastpath``; the twin, ``passtcore_py/fastpath.py``, holds
+# the constants), since the established-flow fast path reads and updates the same
+# connection objects as this module and engine.py.
+from passtcore_py.fastpath import (  # noqa: F401  (re-exported)
+    ACK, ACT_TIMEOUT, CLOSED, ESTABLISHED, FIN, FIN_TIMEOUT, M32, MAX_WINDOW, MSS_DEFAULT, PSH,
+    RST, SOCK_ACCEPTED, SOCK_FIN_RCVD, SOCK_FIN_SENT, SYN, SYN_TIMEOUT, TAP_FIN_ACKED,
+    TAP_FIN_RCVD, TAP_FIN_SENT, TAP_SYN_ACK_SENT, TAP_SYN_RCVD, WINDOW_DEFAULT, WND_FRAMES,
+    WS_OFFERED, seq_diff, window_to_guest)
 
-# connection events (6.1)
-SOCK_ACCEPTED = 0x001
-TAP_SYN_RCVD = 0x002
-ESTABLISHED = 0x004
-TAP_SYN_ACK_SENT = 0x008
-SOCK_FIN_RCVD = 0x010
-SOCK_FIN_SENT = 0x020
-TAP_FIN_RCVD = 0x040
-TAP_FIN_SENT = 0x080
-TAP_FIN_ACKED = 0x100
-CLOSED = 0x200
-
-MSS_DEFAULT = 536
-WINDOW_DEFAULT = 14600
-MAX_WINDOW = 1 << 24
-WS_OFFERED = 8
-WND_FRAMES = 128            # window cap in guest segments (see window_to_guest)
-
-# timeouts (6.6), enforced through the flow registry's deadlines
-SYN_TIMEOUT = 10.0
-FIN_TIMEOUT = 60.0
-ACT_TIMEOUT = 7200.0
 # retransmission to the guest
 ACK_TIMEOUT = 2.0
 RTO_MIN = 0.25              # first retransmission timeout (then doubling, up to ACK_TIMEOUT)
 MAX_RETRANS = 7
 
-M32 = 0xFFFFFFFF
-
-
-def seq_diff(a: int, b: int) -> int:
-    """Signed distance a - b in 32-bit sequence space."""
-    return ((a - b + 0x80000000) & M32) - 0x80000000
-
-
-class Conn:
-    """State of one translated connection. It holds no payload of its own: the host
-    socket is the retransmission store; only guest data the socket cannot take
-    yet is kept (``held``, ``pend``: bounded)."""
-
-    __slots__ = (
-        "idx", "sock", "fd", "v", "gaddr", "gport", "raddr", "rport", "events",
-        "seq_to_tap", "seq_ack_from_tap", "seq_from_tap", "isn", "guest_isn",
-        "wnd_from_tap", "ws_from_tap", "ws_to_tap", "mss", "reading", "writing",
-        "lowat", "dupacks", "retries", "last_progress", "last_activity", "created",
-        "last_wnd", "fin_seq", "stalled_since", "peekoff", "held", "held_bytes", "recover",
-        "ack_due", "lowat_cap", "pend", "pend_bytes", "sack", "sack_recent", "rexmit_hi",
-        "touched", "touched_timeout",
-    )
-
-    def __init__(self) -> None:
-        self.idx = -1
-        self.sock: Any = None
-        self.fd = -1
-        self.events = 0
-        self.reading = False
-        self.writing = False
-        self.lowat = 1
-        self.dupacks = 0
-        self.retries = 0
-        self.fin_seq = -1
-        self.stalled_since = 0.0
-        self.last_wnd = -1
-        self.held: list[tuple[int, bytes, bool]] | None = None
-        self.held_bytes = 0
-        self.recover = -1
-        self.ack_due = False
-        self.pend: list[bytes] = []   # small in-order guest payloads of this loop pass
-        self.pend_bytes = 0
-        self.sack = False        # guest and we agreed on SACK: held data is SACKed
-        self.sack_recent = -1
-        self.rexmit_hi = -1      # SACK recovery: re-sent up to here
-        self.ws_to_tap = 0
-        self.ws_from_tap = 0
-        self.wnd_from_tap = WINDOW_DEFAULT
-        self.mss = MSS_DEFAULT
-        self.seq_from_tap = 0
-        self.seq_to_tap = 0
-        self.seq_ack_from_tap = 0
-        self.isn = 0
-        self.guest_isn = 0
-        self.peekoff = False
-        self.lowat_cap = 1 << 20
-        self.created = self.last_activity = self.last_progress = 0.0
-        self.touched = 0.0       # when the registry deadline was last moved ...
-        self.touched_timeout = 0.0  # ... and with which timeout
-
-    def flow_timeout(self) -> float:
-        """The idle deadline for this state: handshake, closing or established."""
-        ev = self.events
-        if not ev & ESTABLISHED:
-            return SYN_TIMEOUT
-        if ev & SOCK_FIN_SENT and ev & TAP_FIN_ACKED:
-            return FIN_TIMEOUT
-        return ACT_TIMEOUT
+#: State of one translated connection: the TCP engine's, the fast path's (a
+#: ``cdef class`` with typed fields in the Cython backend). It holds no payload
+#: of its own: the host socket is the retransmission store; only guest data the
+#: socket cannot take yet is kept (``held``, ``pend``: bounded).
+Conn = passtcore.fastpath.TcpConn
 
 
 # -- handshake ------------------------------------------------------------------
@@ -155,24 +79,6 @@ def rst_for(info: Any) -> tuple[int, int]:
 
 
 # -- windows ----------------------------------------------------------------------
-
-def window_to_guest(c: Conn, sndbuf: int, queued: int, frame_payload: int = 0) -> int:
-    """The window we advertise, scaled: the host socket's free send space.
-
-    ``sndbuf`` and ``queued`` are SO_MEMINFO's sndbuf and wmem_queued (the
-    kernel's own accounting, truesize included); a quarter is kept back for skb
-    overhead so that what the guest is promised is (almost) always accepted by
-    ``send()``. At most WND_FRAMES frames are in flight: the guest's tap/NIC
-    queue (1000 frames by default) must not overflow when several flows are busy;
-    a frame carries ``frame_payload`` bytes (the MSS, or 64 KiB when the guest's
-    segments are offloaded).
-    """
-    free = (sndbuf - queued) * 3 // 4 - c.held_bytes
-    if not c.events & ESTABLISHED:
-        free = max(free, WINDOW_DEFAULT)
-    free = max(0, min(free, MAX_WINDOW, WND_FRAMES * max(c.mss, frame_payload)))
-    return min(free >> c.ws_to_tap, 0xFFFF)
-
 
 def rto(c: Conn) -> float:
     """Retransmission timeout: RTO_MIN doubling per try, up to ACK_TIMEOUT (passt: 2 s flat)."""

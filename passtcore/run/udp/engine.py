@@ -17,22 +17,9 @@ UDP_TIMEOUT = 180.0
 BATCH = 32
 
 
-class UdpFlow:
-    """One host socket serving one guest port of one family."""
-
-    __slots__ = ("sock", "fd", "v", "gport", "gaddr", "forwarded", "idx", "mapped")
-
-    def __init__(self, sock: socket.socket, v: int, gport: int, forwarded: bool) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.v = v
-        self.gport = gport
-        self.gaddr: bytes | None = None
-        self.forwarded = forwarded
-        self.idx = -1
-        # remote port -> the address the guest sent to, when it was mapped to a
-        # local one: replies are shown from that address (connected sockets work)
-        self.mapped: dict[int, bytes] = {}
+#: one host socket serving one guest port of one family (the fast path's
+#: flow object: a ``cdef class`` in the Cython backend)
+UdpFlow = passtcore.fastpath.UdpFlow
 
 
 class UdpEngine:
@@ -47,7 +34,8 @@ class UdpEngine:
         self.local_src: dict[tuple[int, int], str] = {}
         # Forwarded ports are listeners, not flows (they neither expire nor count
         # against --max-flows): found by the guest-side port, and by descriptor.
-        self.forwarded: dict[tuple[int, int], UdpFlow] = {}
+        self.forwarded: dict[tuple[int, int], Any] = {}
+        self.fast = ctx.flows.fast   # forwarded ports are shown to the fast path too
         self.by_sock: dict[int, UdpFlow] = {}
         self.listeners = listeners.ListenerSet(ctx.loop, socket.SOCK_DGRAM, self._on_forwarded,
                                                v4=bool(conf.v4), v6=bool(conf.v6))
@@ -59,6 +47,7 @@ class UdpEngine:
         f = UdpFlow(s, v, fw.guest_port, True)
         # by the guest port: the guest's replies from it leave through this socket
         self.forwarded[(v, fw.guest_port)] = f
+        self.fast.set_forwarded(v, fw.guest_port, f)
         self.by_sock[f.fd] = f
 
     def _on_forwarded(self, s: socket.socket, fw: listeners.Forward) -> None:
@@ -91,7 +80,7 @@ class UdpEngine:
             return nat.V4_LOOPBACK if v == 4 else nat.V6_LOOPBACK
         return dst
 
-    def _open(self, v: int, gport: int) -> UdpFlow | None:
+    def _open(self, v: int, gport: int) -> Any:
         family = socket.AF_INET if v == 4 else socket.AF_INET6
         s = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
@@ -137,13 +126,17 @@ class UdpEngine:
         if dst != orig:
             f.mapped[info.dport] = orig
         off = info.payload_offset
+        scope = nat.scope_id(self.conf, dst)
         try:
-            f.sock.sendto(frame[off:off + info.payload_len],
-                          nat.sockaddr(dst, info.dport, nat.scope_id(self.conf, dst)))
+            f.sock.sendto(frame[off:off + info.payload_len], nat.sockaddr(dst, info.dport, scope))
             self._count("udp_to_host")
         except OSError as exc:
             log.debug("udp: sendto: %s", exc)
             self._drop("udp-send-error")
+            return
+        if f.fast_dport != info.dport or f.fast_dst != orig:
+            # the next datagrams to this destination take the fast path
+            f.set_fast_target(orig, info.dport, dst, scope)
 
     # -- host -> guest -------------------------------------------------------------
     def _on_readable(self, f: UdpFlow) -> None:
@@ -178,10 +171,10 @@ class UdpEngine:
                 rsrc = f.mapped.get(sport, dns_fwd)
                 gdst = f.gaddr or nat.guest_addr(ctx, v)
             else:
-                if nat.is_local_src(src):
-                    self.local_src[(v, sport)] = "lo"
-                elif src == own:
-                    self.local_src[(v, sport)] = "own"
+                kind = "lo" if nat.is_local_src(src) else "own" if src == own else None
+                if kind is not None and self.local_src.get((v, sport)) != kind:
+                    self.local_src[(v, sport)] = kind
+                    self._forget_targets()  # where the gateway maps to changed
                 rsrc, gdst = nat.inbound_source(ctx, src)
                 if rsrc != src and sport in f.mapped:
                     rsrc = f.mapped[sport]  # a reply to what the guest sent to the gateway
@@ -206,16 +199,22 @@ class UdpEngine:
         for s, fw in opened:
             self._add_forwarded(s, fw)
 
+    def _forget_targets(self) -> None:
+        for f in [*self.flows.objects(self), *self.forwarded.values()]:
+            f.clear_fast_target()
+
     # -- flows ---------------------------------------------------------------------
-    def flow_expired(self, f: UdpFlow) -> None:
+    def flow_expired(self, f: Any) -> None:
         """No guest datagram on this port for UDP_TIMEOUT: close its socket."""
         self._close_flow(f)
 
-    def _close_flow(self, f: UdpFlow) -> None:
+    def _close_flow(self, f: Any) -> None:
         if f.sock is None:
             return
         if f.forwarded:
-            self.forwarded.pop((f.v, f.gport), None)
+            if self.forwarded.get((f.v, f.gport)) is f:
+                del self.forwarded[(f.v, f.gport)]
+                self.fast.set_forwarded(f.v, f.gport, None)
             self.by_sock.pop(f.fd, None)
             self.listeners.remove(f.sock)
         else:

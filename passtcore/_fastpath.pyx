@@ -1,0 +1,784 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The data-plane fast path, Cython kernel.
+
+Same classes, methods and results as the pure twin ``passtcore_py.fastpath``,
+whose docstring explains what is handled here and what goes back to Python.
+Here:
+
+* flow state is ``cdef class`` es with typed fields (``TcpConn``, ``UdpFlow``);
+  the Python engines use the same objects through their attributes;
+* flows are found from C: the frame is parsed by the nogil parser of
+  ``_kern.pxd`` into a C struct, its 5-tuple becomes a flow-table key and the
+  table (cimported from ``_flowtable.pxd``) is probed inline; the flow object
+  is a C array entry indexed by the flow index (a strong reference);
+* in-order TCP payload is queued as ``iovec`` s pointing into the front end's
+  read buffer and leaves with one ``sendmsg()`` per flow, consumed ACKs with
+  ``recv(MSG_TRUNC)``, UDP datagrams of one flow with one ``sendmmsg()``;
+* the after-batch ACKs are built in place in the front end's TX slots.
+
+No Python object is created per frame; the GIL is held throughout (the flow
+objects are shared with the Python engines).
+"""
+cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from libc.errno cimport EAGAIN, EINTR, EPIPE, errno
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcmp, memcpy, memset
+from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
+from posix.uio cimport iovec
+
+from passtcore._flowtable cimport FlowKey, FlowTable, key_fill
+from passtcore._kern cimport PInfo, p_frame, pc_csum, pc_fold, pc_store16, pc_store32, wbuf
+
+import socket as _socket
+import struct as _struct
+
+# the twin's constants and helpers: one definition of each
+from passtcore_py.fastpath import (ACT_TIMEOUT, EV_ACK, EV_HOLD, EV_PUSH, EV_RESET,
+                                   FIN_TIMEOUT, SYN_TIMEOUT, UDP_TIMEOUT, window_to_guest)
+
+__all__ = [
+    "TcpConn", "UdpFlow", "FastPath", "EV_PUSH", "EV_HOLD", "EV_RESET", "EV_ACK",
+    "window_to_guest",
+]
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    cdef struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    cdef struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    ssize_t sendmsg(int fd, const msghdr* msg, int flags)
+    int sendmmsg(int fd, mmsghdr* msgvec, unsigned int vlen, int flags)
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
+    int getsockopt(int fd, int level, int name, void* val, socklen_t* optlen)
+    enum:
+        MSG_DONTWAIT
+        MSG_NOSIGNAL
+        MSG_TRUNC
+        SOL_SOCKET
+
+
+cdef enum:
+    F_FIN = 0x01
+    F_SYN = 0x02
+    F_RST = 0x04
+    F_ACK = 0x10
+    F_URG = 0x20
+    ESTABLISHED = 0x004
+    CLOSED = 0x200
+    FP_PEND = 1
+    FP_ACK = 2
+    FP_PUSH = 4
+    MAXIOV = 1024          # queued TCP payloads per call (a frame beyond goes to Python)
+    UDP_GROUP = 64         # datagrams per sendmmsg()
+    SO_MEMINFO = 55
+    WINDOW_DEFAULT = 14600
+    MAX_WINDOW = 1 << 24
+    WND_FRAMES = 128
+    ACK_FRAME_MAX = 74     # Ethernet + IPv6 + TCP, no options
+    EINTR_RETRIES = 8
+
+cdef long long M32 = 0xFFFFFFFF
+cdef double REFERENCE = <double>(1 << 20)
+cdef size_t DISCARD = 1 << 24
+cdef double C_ACT_TIMEOUT = ACT_TIMEOUT
+cdef double C_UDP_TIMEOUT = UDP_TIMEOUT
+
+
+cdef inline long long seq_diff(long long a, long long b) noexcept nogil:
+    return ((a - b + 0x80000000LL) & 0xFFFFFFFFLL) - 0x80000000LL
+
+
+cdef inline void put16(uint8_t* d, const uint8_t* a, int alen) noexcept nogil:
+    """An address as the flow table's 16-byte key form (IPv4 -> ::ffff:a.b.c.d)."""
+    if alen == 16:
+        memcpy(d, a, 16)
+    else:
+        memset(d, 0, 10)
+        d[10] = 0xFF
+        d[11] = 0xFF
+        memcpy(d + 12, a, 4)
+
+
+cdef inline bint bytes_eq(object o, const uint8_t* p, int n):
+    """``o`` is a bytes object equal to p[0..n)."""
+    return (type(o) is bytes and PyBytes_GET_SIZE(o) == n
+            and memcmp(PyBytes_AS_STRING(o), p, n) == 0)
+
+
+@cython.final
+cdef class TcpConn:
+    """State of one translated TCP connection (see ``run/tcp/state.py``). It holds
+    no payload of its own: the host socket is the retransmission store; only
+    guest data the socket cannot take yet is kept (``held``, ``pend``: bounded)."""
+
+    cdef public long long idx, fd, v, gport, rport, events
+    cdef public long long seq_to_tap, seq_ack_from_tap, seq_from_tap, isn, guest_isn
+    cdef public long long wnd_from_tap, ws_from_tap, ws_to_tap, mss, lowat, dupacks, retries
+    cdef public long long last_wnd, fin_seq, held_bytes, recover, lowat_cap, pend_bytes
+    cdef public long long sack_recent, rexmit_hi, fp_pending, fp_flags
+    cdef public bint reading, writing, peekoff, ack_due, sack
+    cdef public double last_progress, last_activity, created, stalled_since
+    cdef public double touched, touched_timeout
+    cdef public object sock, gaddr, raddr, held, pend
+
+    def __init__(self):
+        self.idx = -1
+        self.sock = None
+        self.fd = -1
+        self.v = 4
+        self.gaddr = self.raddr = b""
+        self.gport = self.rport = 0
+        self.events = 0
+        self.reading = False
+        self.writing = False
+        self.lowat = 1
+        self.dupacks = 0
+        self.retries = 0
+        self.fin_seq = -1
+        self.stalled_since = 0.0
+        self.last_wnd = -1
+        self.held = None
+        self.held_bytes = 0
+        self.recover = -1
+        self.ack_due = False
+        self.pend = []
+        self.pend_bytes = 0
+        self.sack = False
+        self.sack_recent = -1
+        self.rexmit_hi = -1
+        self.ws_to_tap = 0
+        self.ws_from_tap = 0
+        self.wnd_from_tap = WINDOW_DEFAULT
+        self.mss = 536
+        self.seq_from_tap = 0
+        self.seq_to_tap = 0
+        self.seq_ack_from_tap = 0
+        self.isn = 0
+        self.guest_isn = 0
+        self.peekoff = False
+        self.lowat_cap = 1 << 20
+        self.created = self.last_activity = self.last_progress = 0.0
+        self.touched = 0.0
+        self.touched_timeout = 0.0
+        self.fp_pending = 0
+        self.fp_flags = 0
+
+    def flow_timeout(self):
+        """The idle deadline for this state: handshake, closing or established."""
+        cdef long long ev = self.events
+        if not ev & ESTABLISHED:
+            return SYN_TIMEOUT
+        if ev & 0x020 and ev & 0x100:      # SOCK_FIN_SENT and TAP_FIN_ACKED
+            return FIN_TIMEOUT
+        return ACT_TIMEOUT
+
+
+@cython.final
+cdef class UdpFlow:
+    """One host socket serving one guest port of one family (``run/udp``)."""
+
+    cdef public object sock, gaddr, mapped, fast_dst, fast_sa
+    cdef public long long fd, v, gport, idx, fast_dport
+    cdef public bint forwarded
+
+    def __init__(self, sock, v, gport, forwarded):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.v = v
+        self.gport = gport
+        self.gaddr = None
+        self.forwarded = forwarded
+        self.idx = -1
+        self.mapped = {}
+        self.fast_dst = None
+        self.fast_dport = -1
+        self.fast_sa = None
+
+    def set_fast_target(self, dst, int dport, target, int scope_id=0):
+        """Datagrams the guest sends to ``dst``:``dport`` go to ``target``:``dport``
+        (``scope_id`` for a link-local IPv6 target) without the engine, until
+        :meth:`clear_fast_target`."""
+        target = bytes(target)
+        dst = bytes(dst)
+        if len(target) != (4 if self.v == 4 else 16) or len(dst) != len(target):
+            raise ValueError("target and destination must be addresses of the flow's family")
+        if not 0 <= dport <= 65535:
+            raise ValueError("port out of range")
+        if len(target) == 4:   # struct sockaddr_in
+            sa = (_struct.pack("=H", _socket.AF_INET) + _struct.pack("!H", dport) + target
+                  + bytes(8))
+        else:                  # struct sockaddr_in6
+            sa = (_struct.pack("=H", _socket.AF_INET6) + _struct.pack("!HI", dport, 0) + target
+                  + _struct.pack("=I", scope_id))
+        self.fast_sa = sa
+        self.fast_dst = dst
+        self.fast_dport = dport
+
+    def clear_fast_target(self):
+        self.fast_dst = None
+        self.fast_dport = -1
+        self.fast_sa = None
+
+
+cdef inline long long c_window(TcpConn c, long long sndbuf, long long queued,
+                               long long frame_payload) noexcept:
+    """state.window_to_guest (the twin's), for an ESTABLISHED connection."""
+    cdef long long free_ = ((sndbuf - queued) * 3 >> 2) - c.held_bytes   # >> 2: floor, as //
+    cdef long long cap = WND_FRAMES * (c.mss if c.mss > frame_payload else frame_payload)
+    if not c.events & ESTABLISHED and free_ < WINDOW_DEFAULT:
+        free_ = WINDOW_DEFAULT
+    if free_ > MAX_WINDOW:
+        free_ = MAX_WINDOW
+    if free_ > cap:
+        free_ = cap
+    if free_ < 0:
+        free_ = 0
+    free_ >>= c.ws_to_tap
+    return free_ if free_ < 0xFFFF else 0xFFFF
+
+
+@cython.final
+cdef class FastPath:
+    """The fast path over one flow table (see the twin's docstring).
+
+    ``attach(idx, flow)`` / ``detach(idx)`` keep the flow object of each flow
+    index (the registry does it); forwarded UDP ports, which are not flows, are
+    ``set_forwarded(v, port, flow_or_None)``. ``run`` handles frames of a batch
+    until one needs Python (``slow``) or the batch ends; ``finish`` builds the
+    ACKs and queues the PUSH events."""
+
+    cdef FlowTable table
+    cdef Py_ssize_t _capacity
+    cdef PyObject** _objs          # by flow index: strong references
+    cdef PyObject** _fwd           # [family][guest port]: forwarded UDP flows
+    cdef Py_ssize_t _nobjs, _nfwd
+    cdef uint8_t _gmac[6]
+    cdef uint8_t _omac[6]
+    cdef public long long frame_payload
+    cdef public list events
+    cdef public dict counters
+    cdef public bint slow
+    cdef bint _stop
+    cdef uint8_t* _discard
+    # TCP payload queued in this call
+    cdef iovec _iov[MAXIOV]
+    cdef PyObject* _iov_owner[MAXIOV]   # borrowed: the owner is in _pend
+    cdef Py_ssize_t _niov
+    cdef list _pend, _acks, _pushes
+    # the UDP group being built
+    cdef mmsghdr _msgs[UDP_GROUP]
+    cdef iovec _uiov[UDP_GROUP]
+    cdef Py_ssize_t _nudp
+    cdef object _udp_flow
+    cdef long long _n_tcp, _n_udp, _n_udp_sent, _n_udp_err
+
+    def __cinit__(self, FlowTable table not None, dict counters=None):
+        self.table = table
+        self._capacity = table._capacity
+        self._objs = <PyObject**>calloc(<size_t>self._capacity + 1, sizeof(PyObject*))
+        self._fwd = <PyObject**>calloc(2 * 65536, sizeof(PyObject*))
+        if self._objs == NULL or self._fwd == NULL:
+            raise MemoryError("fast path tables")
+        self._discard = <uint8_t*>mmap(NULL, DISCARD, PROT_READ | PROT_WRITE,
+                                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if <void*>self._discard == MAP_FAILED:
+            self._discard = NULL
+            raise MemoryError("fast path discard area")
+        memset(self._gmac, 0xFF, 6)
+        memset(self._omac, 0, 6)
+        self.events = []
+        self.counters = {} if counters is None else counters
+        self._pend = []
+        self._acks = []
+        self._pushes = []
+        self._udp_flow = None
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self._objs != NULL:
+            for i in range(self._capacity):
+                Py_XDECREF(self._objs[i])
+            free(self._objs)
+        if self._fwd != NULL:
+            for i in range(2 * 65536):
+                Py_XDECREF(self._fwd[i])
+            free(self._fwd)
+        if self._discard != NULL:
+            munmap(self._discard, DISCARD)
+
+    property table:
+        def __get__(self):
+            return self.table
+
+    property capacity:
+        def __get__(self):
+            return self._capacity
+
+    property guest_mac:
+        def __get__(self):
+            return PyBytes_FromStringAndSize(<const char*>self._gmac, 6)
+
+        def __set__(self, value):
+            value = bytes(value)
+            if len(value) != 6:
+                raise ValueError("a MAC address is 6 bytes")
+            memcpy(self._gmac, PyBytes_AS_STRING(value), 6)
+
+    property our_mac:
+        def __get__(self):
+            return PyBytes_FromStringAndSize(<const char*>self._omac, 6)
+
+        def __set__(self, value):
+            value = bytes(value)
+            if len(value) != 6:
+                raise ValueError("a MAC address is 6 bytes")
+            memcpy(self._omac, PyBytes_AS_STRING(value), 6)
+
+    # -- flows ---------------------------------------------------------------
+    def attach(self, Py_ssize_t idx, flow):
+        if idx < 0 or idx >= self._capacity:
+            raise IndexError(f"flow index {idx} out of range")
+        Py_INCREF(flow)
+        if self._objs[idx] == NULL:
+            self._nobjs += 1
+        Py_XDECREF(self._objs[idx])
+        self._objs[idx] = <PyObject*>flow
+
+    def detach(self, Py_ssize_t idx):
+        if 0 <= idx < self._capacity and self._objs[idx] != NULL:
+            Py_XDECREF(self._objs[idx])
+            self._objs[idx] = NULL
+            self._nobjs -= 1
+
+    def set_forwarded(self, int v, int port, flow):
+        if (v != 4 and v != 6) or not 0 <= port <= 65535:
+            raise ValueError("bad forwarded UDP port")
+        cdef Py_ssize_t j = (65536 if v == 6 else 0) + port
+        if self._fwd[j] != NULL:
+            self._nfwd -= 1
+        Py_XDECREF(self._fwd[j])
+        self._fwd[j] = NULL
+        if flow is not None:
+            Py_INCREF(flow)
+            self._fwd[j] = <PyObject*>flow
+            self._nfwd += 1
+
+    def stats(self):
+        return {"attached": self._nobjs, "forwarded": self._nfwd}
+
+    # -- the batch -------------------------------------------------------------
+    def run(self, buf, offsets, lengths, Py_ssize_t start, Py_ssize_t count, double now):
+        """Handle frames ``start..`` until one needs Python: returns its index
+        (``slow`` True) or ``count``; may return early after an event (``slow``
+        False). Everything queued has been written when it returns."""
+        cdef const int64_t[::1] offs = offsets
+        cdef const int64_t[::1] lens = lengths
+        cdef Py_buffer v
+        cdef Py_ssize_t i = start
+        cdef int64_t off, n
+        if count > offs.shape[0] or count > lens.shape[0] or start < 0:
+            raise ValueError("count exceeds the offsets/lengths arrays")
+        PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
+        self.slow = False
+        self._stop = False
+        try:
+            while i < count:
+                off = offs[i]
+                n = lens[i]
+                if off < 0 or n < 0 or off > v.len - n:
+                    self.slow = True
+                    break
+                if not self._frame(<const uint8_t*>v.buf, off, off + n, now):
+                    self.slow = True
+                    break
+                i += 1
+                if self._stop:
+                    break
+            self._flush_tcp()
+            if self._udp_flow is not None:
+                self._flush_udp()
+        finally:
+            PyBuffer_Release(&v)
+        self._add_counts()
+        return i
+
+    cdef int _frame(self, const uint8_t* b, Py_ssize_t off, Py_ssize_t end, double now) except -1:
+        cdef PInfo pi
+        if end - off < 14 or memcmp(b + off + 6, self._gmac, 6) != 0:
+            return 0
+        if p_frame(b, off, end, &pi) != 0:
+            return 0
+        if pi.vlan >= 0 or pi.is_fragment or pi.ip_version == 0:
+            return 0
+        if pi.l4_proto == 6:
+            return self._tcp(b, &pi, now)
+        if pi.l4_proto == 17:
+            return self._udp(b, &pi, now)
+        return 0
+
+    cdef int _tcp(self, const uint8_t* b, PInfo* pi, double now) except -1:
+        cdef int flags = pi.tcp_flags
+        cdef FlowKey k
+        cdef int32_t idx
+        cdef PyObject* o
+        cdef TcpConn c
+        cdef long long plen, ack, wnd, acked, sent
+        if flags & (F_SYN | F_FIN | F_RST | F_URG) or not flags & F_ACK:
+            return 0
+        if pi.payload_offset - pi.l4_offset != 20:
+            return 0
+        key_fill(&k, 6, 0, <uint16_t>pi.sport, <uint16_t>pi.dport)
+        put16(<uint8_t*>&k + 6, b + pi.addr_off, pi.addr_len)
+        put16(<uint8_t*>&k + 22, b + pi.addr_off + pi.addr_len, pi.addr_len)
+        idx = self.table._lookup(&k)
+        if idx < 0:
+            return 0
+        o = self._objs[idx]
+        if o == NULL or type(<object>o) is not TcpConn:
+            return 0
+        c = <TcpConn>o
+        if (c.events != ESTABLISHED or c.sock is None or c.held is not None or c.pend_bytes
+                or c.writing or c.recover >= 0 or c.fin_seq >= 0):
+            return 0
+        plen = pi.payload_len
+        if plen and self._niov == MAXIOV:
+            return 0
+        if seq_diff(pi.tcp_seq, (c.seq_from_tap + c.fp_pending) & M32) != 0:
+            return 0   # out of order, old, a keep-alive probe: Python decides
+        ack = pi.tcp_ack
+        wnd = (<long long>pi.tcp_window) << c.ws_from_tap
+        if wnd > MAX_WINDOW:
+            wnd = MAX_WINDOW
+        acked = seq_diff(ack, c.seq_ack_from_tap)
+        sent = seq_diff(c.seq_to_tap, c.seq_ack_from_tap)
+        if 0 < acked <= sent:
+            c.seq_ack_from_tap = ack
+            c.retries = 0
+            c.dupacks = 0
+            c.wnd_from_tap = wnd
+            c.last_progress = now
+            self._want_push(c)
+            if not self._consume(c, acked):
+                self.events.append((EV_RESET, c, None))
+                self._stop = True
+                self._n_tcp += 1
+                return 1
+        elif acked == 0:
+            if sent > 0 and plen == 0:
+                return 0   # duplicate ACK: counted towards a fast retransmit by Python
+            if wnd > c.wnd_from_tap:
+                self._want_push(c)
+            c.wnd_from_tap = wnd
+        if plen:
+            if not c.fp_flags & FP_PEND:
+                c.fp_flags |= FP_PEND
+                self._pend.append(c)
+            self._iov[self._niov].iov_base = <void*>(b + pi.payload_offset)
+            self._iov[self._niov].iov_len = <size_t>plen
+            self._iov_owner[self._niov] = <PyObject*>c
+            self._niov += 1
+            c.fp_pending += plen
+            if not c.fp_flags & FP_ACK:
+                c.fp_flags |= FP_ACK
+                self._acks.append(c)
+        c.last_activity = now
+        if now - c.touched >= 1.0 or c.touched_timeout != C_ACT_TIMEOUT:
+            c.touched = now
+            c.touched_timeout = C_ACT_TIMEOUT
+            self.table._seen[idx] = now - (REFERENCE - C_ACT_TIMEOUT)
+        self._n_tcp += 1
+        return 1
+
+    cdef inline void _want_push(self, TcpConn c) except *:
+        if not c.fp_flags & FP_PUSH:
+            c.fp_flags |= FP_PUSH
+            self._pushes.append(c)
+
+    cdef bint _consume(self, TcpConn c, long long n) noexcept:
+        """Drop n acknowledged bytes from the socket's receive queue (no copy)."""
+        cdef ssize_t k
+        cdef int tries = 0
+        cdef long long bound = n // <long long>DISCARD + 2 + EINTR_RETRIES
+        while n > 0 and bound > 0:
+            bound -= 1
+            k = recv(<int>c.fd, self._discard, <size_t>(n if n < <long long>DISCARD else DISCARD),
+                     MSG_DONTWAIT | MSG_NOSIGNAL | MSG_TRUNC)
+            if k < 0:
+                if errno == EINTR:
+                    continue
+                if errno == EAGAIN:
+                    break
+                return False
+            if k == 0:
+                break
+            n -= k
+        return True
+
+    cdef void _flush_tcp(self) except *:
+        cdef iovec local[MAXIOV]
+        cdef msghdr msg
+        cdef Py_ssize_t j, m
+        cdef ssize_t r
+        cdef long long total, written, skip
+        cdef TcpConn c
+        cdef bytes tail
+        cdef char* t
+        cdef int tries
+        if not self._pend:
+            return
+        pend = self._pend
+        self._pend = []
+        for obj in pend:
+            c = <TcpConn>obj
+            c.fp_flags &= ~FP_PEND
+            m = 0
+            for j in range(self._niov):
+                if self._iov_owner[j] == <PyObject*>c:
+                    local[m] = self._iov[j]
+                    m += 1
+            total = c.fp_pending
+            c.fp_pending = 0
+            memset(&msg, 0, sizeof(msg))
+            msg.msg_iov = local
+            msg.msg_iovlen = <size_t>m
+            tries = 0
+            while True:
+                r = sendmsg(<int>c.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+                if r < 0 and errno == EINTR and tries < EINTR_RETRIES:
+                    tries += 1
+                    continue
+                break
+            if r >= 0:
+                written = r
+            elif errno == EAGAIN:
+                written = 0
+            elif errno == EPIPE:
+                written = total
+            else:
+                self.events.append((EV_RESET, c, None))
+                self._stop = True
+                continue
+            c.seq_from_tap = (c.seq_from_tap + written) & M32
+            if written < total:
+                tail = PyBytes_FromStringAndSize(NULL, total - written)
+                t = PyBytes_AS_STRING(tail)
+                skip = written
+                for j in range(m):
+                    if skip >= <long long>local[j].iov_len:
+                        skip -= local[j].iov_len
+                        continue
+                    memcpy(t, <char*>local[j].iov_base + skip, local[j].iov_len - skip)
+                    t += local[j].iov_len - skip
+                    skip = 0
+                self.events.append((EV_HOLD, c, tail))
+                self._stop = True
+        self._niov = 0
+
+    cdef int _udp(self, const uint8_t* b, PInfo* pi, double now) except -1:
+        cdef int v = pi.ip_version
+        cdef int dport = pi.dport
+        cdef int alen = pi.addr_len
+        cdef FlowKey k
+        cdef int32_t idx = -1
+        cdef PyObject* o
+        cdef UdpFlow f
+        cdef uint8_t anyaddr[16]
+        cdef Py_ssize_t m
+        if (v == 4 and dport == 67) or (v == 6 and dport == 547):
+            return 0
+        o = self._fwd[(65536 if v == 6 else 0) + pi.sport]
+        if o == NULL:
+            memset(anyaddr, 0, 16)
+            key_fill(&k, 17, 0, <uint16_t>pi.sport, 0)
+            put16(<uint8_t*>&k + 6, anyaddr, alen)
+            put16(<uint8_t*>&k + 22, anyaddr, alen)
+            idx = self.table._lookup(&k)
+            if idx < 0:
+                return 0
+            o = self._objs[idx]
+            if o == NULL:
+                return 0
+        if type(<object>o) is not UdpFlow:
+            return 0
+        f = <UdpFlow>o
+        if (f.sock is None or f.fast_sa is None or f.fast_dport != dport
+                or not bytes_eq(f.fast_dst, b + pi.addr_off + alen, alen)
+                or not bytes_eq(f.gaddr, b + pi.addr_off, alen)):
+            return 0
+        if idx >= 0:
+            self.table._seen[idx] = now - (REFERENCE - C_UDP_TIMEOUT)
+        if self._udp_flow is not f:
+            if self._udp_flow is not None:
+                self._flush_udp()
+            self._udp_flow = f
+        m = self._nudp
+        self._uiov[m].iov_base = <void*>(b + pi.payload_offset)
+        self._uiov[m].iov_len = <size_t>pi.payload_len
+        memset(&self._msgs[m], 0, sizeof(mmsghdr))
+        self._msgs[m].msg_hdr.msg_name = <void*>PyBytes_AS_STRING(f.fast_sa)
+        self._msgs[m].msg_hdr.msg_namelen = <socklen_t>PyBytes_GET_SIZE(f.fast_sa)
+        self._msgs[m].msg_hdr.msg_iov = &self._uiov[m]
+        self._msgs[m].msg_hdr.msg_iovlen = 1
+        self._nudp += 1
+        self._n_udp += 1
+        if self._nudp == UDP_GROUP:
+            self._flush_udp()
+        return 1
+
+    cdef void _flush_udp(self) except *:
+        cdef UdpFlow f = <UdpFlow>self._udp_flow
+        cdef Py_ssize_t n = self._nudp, done = 0
+        cdef int r
+        cdef int bound = 2 * <int>n + EINTR_RETRIES
+        self._udp_flow = None
+        self._nudp = 0
+        while done < n and bound > 0:
+            bound -= 1
+            r = sendmmsg(<int>f.fd, &self._msgs[done], <unsigned int>(n - done), MSG_DONTWAIT)
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                self._n_udp_err += 1     # the first datagram failed: count it, go on
+                done += 1
+            else:
+                self._n_udp_sent += r
+                done += r
+                if r == 0:
+                    break
+
+    cdef void _add_counts(self) except *:
+        cdef dict d = self.counters
+        if self._n_tcp:
+            d["fastpath_tcp"] = d.get("fastpath_tcp", 0) + self._n_tcp
+        if self._n_udp:
+            d["fastpath_udp"] = d.get("fastpath_udp", 0) + self._n_udp
+        if self._n_udp_sent:
+            d["udp_to_host"] = d.get("udp_to_host", 0) + self._n_udp_sent
+        if self._n_udp_err:
+            d["drop.udp-send-error"] = d.get("drop.udp-send-error", 0) + self._n_udp_err
+        self._n_tcp = self._n_udp = self._n_udp_sent = self._n_udp_err = 0
+
+    # -- after the batch -----------------------------------------------------------
+    def finish(self, txbuf, Py_ssize_t first, Py_ssize_t stride, Py_ssize_t nslots, out):
+        """After the batch: the ACKs due, built into slots ``first + k * stride`` (at
+        most ``nslots``; their lengths in ``out``): how many. Call again while it
+        returns ``nslots``. When no ACK is left, the PUSH events are queued."""
+        cdef int64_t[::1] res = out
+        cdef Py_buffer v
+        cdef uint8_t* b
+        cdef Py_ssize_t k = 0, taken = 0
+        cdef TcpConn c
+        cdef uint32_t mi[9]
+        cdef socklen_t mlen
+        cdef long long wnd
+        if nslots > res.shape[0]:
+            raise ValueError("out is shorter than nslots")
+        if not self._acks:
+            self._queue_pushes()
+            return 0
+        b = wbuf(txbuf, &v)
+        try:
+            if nslots > 0 and (first < 0 or stride < ACK_FRAME_MAX
+                               or first + (nslots - 1) * stride + ACK_FRAME_MAX > v.len):
+                raise ValueError("the slots do not fit in the buffer")
+            for obj in self._acks:
+                if k == nslots:
+                    break
+                taken += 1
+                c = <TcpConn>obj
+                c.fp_flags &= ~FP_ACK
+                if c.sock is None or c.events & CLOSED or c.ack_due:
+                    continue   # gone, or the engine's own ACK is queued and covers it
+                if c.held is not None:
+                    self.events.append((EV_ACK, c, None))
+                    continue
+                mlen = sizeof(mi)
+                if getsockopt(<int>c.fd, SOL_SOCKET, SO_MEMINFO, mi, &mlen) == 0 and mlen >= 24:
+                    wnd = c_window(c, mi[3], mi[5], self.frame_payload)
+                else:
+                    wnd = c_window(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
+                c.last_wnd = wnd
+                res[k] = self._build_ack(b + first + k * stride, c, <uint32_t>wnd)
+                k += 1
+        finally:
+            PyBuffer_Release(&v)
+        del self._acks[:taken]
+        if not self._acks:
+            self._queue_pushes()
+        return k
+
+    cdef void _queue_pushes(self) except *:
+        cdef TcpConn c
+        if not self._pushes:
+            return
+        pushes = self._pushes
+        self._pushes = []
+        for obj in pushes:
+            c = <TcpConn>obj
+            c.fp_flags &= ~FP_PUSH
+            if c.sock is not None and not c.events & CLOSED:
+                self.events.append((EV_PUSH, c, None))
+
+    cdef Py_ssize_t _build_ack(self, uint8_t* p, TcpConn c, uint32_t window) except -1:
+        """Ethernet + IP + TCP ACK (no options) as headers.build_tcp writes it."""
+        cdef bytes ra = c.raddr, ga = c.gaddr
+        cdef int alen = len(ra)
+        cdef uint8_t* l3 = p + 14
+        cdef uint8_t* l4
+        cdef uint64_t s
+        cdef uint32_t ps
+        if alen != len(ga) or (alen != 4 and alen != 16):
+            raise ValueError("connection addresses must both be 4 or both 16 bytes")
+        memcpy(p, self._gmac, 6)
+        memcpy(p + 6, self._omac, 6)
+        if alen == 4:
+            pc_store16(p + 12, 0x0800)
+            l3[0] = 0x45
+            l3[1] = 0
+            pc_store16(l3 + 2, 40)
+            memset(l3 + 4, 0, 4)
+            l3[8] = 255
+            l3[9] = 6
+            l3[10] = 0
+            l3[11] = 0
+            memcpy(l3 + 12, PyBytes_AS_STRING(ra), 4)
+            memcpy(l3 + 16, PyBytes_AS_STRING(ga), 4)
+            pc_store16(l3 + 10, (~pc_csum(l3, 20, 0)) & 0xFFFF)
+            s = pc_csum(l3 + 12, 8, 0)
+            l4 = l3 + 20
+        else:
+            pc_store16(p + 12, 0x86DD)
+            pc_store32(l3, 0x60000000)
+            pc_store16(l3 + 4, 20)
+            l3[6] = 6
+            l3[7] = 255
+            memcpy(l3 + 8, PyBytes_AS_STRING(ra), 16)
+            memcpy(l3 + 24, PyBytes_AS_STRING(ga), 16)
+            s = pc_csum(l3 + 8, 32, 0)
+            l4 = l3 + 40
+        s += 6 + 20
+        ps = pc_fold(s)
+        pc_store16(l4, <uint32_t>c.rport & 0xFFFF)
+        pc_store16(l4 + 2, <uint32_t>c.gport & 0xFFFF)
+        pc_store32(l4 + 4, <uint32_t>(c.seq_to_tap & M32))
+        pc_store32(l4 + 8, <uint32_t>(c.seq_from_tap & M32))
+        l4[12] = 5 << 4
+        l4[13] = F_ACK
+        pc_store16(l4 + 14, window & 0xFFFF)
+        memset(l4 + 16, 0, 4)
+        pc_store16(l4 + 16, (~pc_csum(l4, 20, ps)) & 0xFFFF)
+        return (l4 - p) + 20

@@ -1,0 +1,523 @@
+"""The data-plane fast path, pure-Python twin of ``passtcore._fastpath``.
+
+Most guest frames belong to a flow that is already set up and in its quiet,
+common state: an in-order TCP segment or a pure ACK of an established
+connection, a UDP datagram to a destination the flow has sent to before. The
+fast path handles exactly those, for a whole batch in one call, and hands
+everything else (SYN/FIN/RST, new flows, out-of-order or old data, duplicate
+ACKs, SACK options, L2 services, anything malformed) back to the Python
+engines, one frame at a time, in order.
+
+**State.** A flow's state is one object, the same one the Python engine
+uses: :class:`TcpConn` (the TCP engine's connection, ``run/tcp/state.py``)
+and :class:`UdpFlow` (a UDP port's host socket). In the Cython kernel they are
+``cdef class`` es with typed fields, and the fast path reaches them by flow
+index (a C array beside the flow table, which it cimports: the lookup of a
+frame's 5-tuple is a C call). Python code reads and writes the same fields as
+attributes, so there is one copy of the state and nothing to synchronise.
+
+**TCP** (``run``): a segment is taken when its flow is exactly ESTABLISHED
+with nothing held, coalesced, unwritten or being recovered; its flags are ACK
+(PSH allowed), it has no options, and its sequence number is the next one
+expected. The ACK part is applied as ``state.on_ack`` does for new data
+(acknowledged bytes are consumed from the socket with ``MSG_TRUNC``, the
+window taken, retries reset) or for a window update; a duplicate ACK goes to
+Python, which counts it towards a fast retransmit. In-order payload is queued
+as an iovec into the frame buffer itself; each flow's queue leaves with one
+``sendmsg()`` before the call returns (a slow frame flushes first, so the
+socket always sees the guest's bytes in order). What the socket does not
+take becomes a ``HOLD`` event (the engine keeps the tail and waits for the
+socket to drain), a socket error a ``RESET`` event.
+
+**After the batch** (``finish``): one ACK per flow that got data, with the
+window from ``SO_MEMINFO`` (``state.window_to_guest``), built straight into
+the front end's slots; then a ``PUSH`` event per flow whose window moved, so
+that the engine sends more host data (once per flow per batch, not per ACK).
+
+**UDP**: a datagram is taken when its guest port has a flow whose cached
+target (set by the engine after its first, slow, datagram to that
+destination: ``UdpFlow.set_fast_target``) matches; consecutive datagrams of
+one flow leave with one ``sendmmsg()``. Each handled frame refreshes its
+flow's deadline in the flow table.
+
+Events are ``(kind, flow, data)`` tuples in ``FastPath.events``, consumed by
+the caller after each call; counters go straight into the counters mapping
+(``fastpath_tcp``, ``fastpath_udp``, ``udp_to_host``, ``drop.udp-send-error``).
+"""
+from __future__ import annotations
+
+import errno
+import mmap
+import socket
+import struct
+from typing import Any
+
+from passtcore_py import headers as _headers
+from passtcore_py.flowtable import FlowTable
+
+__all__ = [
+    "TcpConn", "UdpFlow", "FastPath", "EV_PUSH", "EV_HOLD", "EV_RESET", "EV_ACK",
+    "window_to_guest",
+]
+
+FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+# connection events (passt-reference 6.1)
+SOCK_ACCEPTED = 0x001
+TAP_SYN_RCVD = 0x002
+ESTABLISHED = 0x004
+TAP_SYN_ACK_SENT = 0x008
+SOCK_FIN_RCVD = 0x010
+SOCK_FIN_SENT = 0x020
+TAP_FIN_RCVD = 0x040
+TAP_FIN_SENT = 0x080
+TAP_FIN_ACKED = 0x100
+CLOSED = 0x200
+
+MSS_DEFAULT = 536
+WINDOW_DEFAULT = 14600
+MAX_WINDOW = 1 << 24
+WS_OFFERED = 8
+WND_FRAMES = 128            # window cap in guest segments (see window_to_guest)
+
+SYN_TIMEOUT = 10.0
+FIN_TIMEOUT = 60.0
+ACT_TIMEOUT = 7200.0
+UDP_TIMEOUT = 180.0
+REFERENCE = float(1 << 20)  # the flow registry's deadline trick (run/flows.py)
+
+M32 = 0xFFFFFFFF
+SO_MEMINFO = 55
+UDP_GROUP = 64              # datagrams per sendmmsg()
+MAXIOV = 1024               # queued TCP payloads per call (a frame beyond goes to Python)
+DISCARD = 1 << 24
+
+EV_PUSH = 1     # the window moved: send the guest more host data
+EV_HOLD = 2     # data: the bytes the socket did not take (keep them, wait for POLLOUT)
+EV_RESET = 3    # a socket error: reset the connection
+EV_ACK = 4      # an ACK is due that needs the engine (held data: SACK blocks)
+
+MSG_OUT = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+MSG_DISCARD = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL | socket.MSG_TRUNC)
+
+
+def seq_diff(a: int, b: int) -> int:
+    """Signed distance a - b in 32-bit sequence space."""
+    return ((a - b + 0x80000000) & M32) - 0x80000000
+
+
+class TcpConn:
+    """State of one translated TCP connection (see ``run/tcp/state.py``). It holds
+    no payload of its own: the host socket is the retransmission store; only
+    guest data the socket cannot take yet is kept (``held``, ``pend``: bounded)."""
+
+    __slots__ = (
+        "idx", "sock", "fd", "v", "gaddr", "gport", "raddr", "rport", "events",
+        "seq_to_tap", "seq_ack_from_tap", "seq_from_tap", "isn", "guest_isn",
+        "wnd_from_tap", "ws_from_tap", "ws_to_tap", "mss", "reading", "writing",
+        "lowat", "dupacks", "retries", "last_progress", "last_activity", "created",
+        "last_wnd", "fin_seq", "stalled_since", "peekoff", "held", "held_bytes", "recover",
+        "ack_due", "lowat_cap", "pend", "pend_bytes", "sack", "sack_recent", "rexmit_hi",
+        "touched", "touched_timeout", "fp_pending", "fp_flags",
+    )
+
+    def __init__(self) -> None:
+        self.idx = -1
+        self.sock: Any = None
+        self.fd = -1
+        self.v = 4
+        self.gaddr = self.raddr = b""
+        self.gport = self.rport = 0
+        self.events = 0
+        self.reading = False
+        self.writing = False
+        self.lowat = 1
+        self.dupacks = 0
+        self.retries = 0
+        self.fin_seq = -1
+        self.stalled_since = 0.0
+        self.last_wnd = -1
+        self.held: list[tuple[int, bytes, bool]] | None = None
+        self.held_bytes = 0
+        self.recover = -1
+        self.ack_due = False
+        self.pend: list[bytes] = []   # small in-order guest payloads of this loop pass
+        self.pend_bytes = 0
+        self.sack = False        # guest and we agreed on SACK: held data is SACKed
+        self.sack_recent = -1
+        self.rexmit_hi = -1      # SACK recovery: re-sent up to here
+        self.ws_to_tap = 0
+        self.ws_from_tap = 0
+        self.wnd_from_tap = WINDOW_DEFAULT
+        self.mss = MSS_DEFAULT
+        self.seq_from_tap = 0
+        self.seq_to_tap = 0
+        self.seq_ack_from_tap = 0
+        self.isn = 0
+        self.guest_isn = 0
+        self.peekoff = False
+        self.lowat_cap = 1 << 20
+        self.created = self.last_activity = self.last_progress = 0.0
+        self.touched = 0.0       # when the registry deadline was last moved ...
+        self.touched_timeout = 0.0  # ... and with which timeout
+        self.fp_pending = 0      # fast path: bytes queued for this flow's sendmsg()
+        self.fp_flags = 0        # fast path: FP_* bits of this batch
+
+    def flow_timeout(self) -> float:
+        """The idle deadline for this state: handshake, closing or established."""
+        ev = self.events
+        if not ev & ESTABLISHED:
+            return SYN_TIMEOUT
+        if ev & SOCK_FIN_SENT and ev & TAP_FIN_ACKED:
+            return FIN_TIMEOUT
+        return ACT_TIMEOUT
+
+
+class UdpFlow:
+    """One host socket serving one guest port of one family (``run/udp``)."""
+
+    __slots__ = ("sock", "fd", "v", "gport", "gaddr", "forwarded", "idx", "mapped",
+                 "fast_dst", "fast_dport", "fast_sa")
+
+    def __init__(self, sock: Any, v: int, gport: int, forwarded: bool) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.v = v
+        self.gport = gport
+        self.gaddr: bytes | None = None
+        self.forwarded = forwarded
+        self.idx = -1
+        # remote port -> the address the guest sent to, when it was mapped to a
+        # local one: replies are shown from that address (connected sockets work)
+        self.mapped: dict[int, bytes] = {}
+        self.fast_dst: bytes | None = None   # the fast path's cached target ...
+        self.fast_dport = -1
+        self.fast_sa: Any = None             # ... and its socket address
+
+    def set_fast_target(self, dst: bytes, dport: int, target: bytes, scope_id: int = 0) -> None:
+        """Datagrams the guest sends to ``dst``:``dport`` go to ``target``:``dport``
+        (``scope_id`` for a link-local IPv6 target) without the engine, until
+        :meth:`clear_fast_target`."""
+        fam = socket.AF_INET if len(target) == 4 else socket.AF_INET6
+        if len(target) != (4 if self.v == 4 else 16) or len(dst) != len(target):
+            raise ValueError("target and destination must be addresses of the flow's family")
+        if not 0 <= dport <= 65535:
+            raise ValueError("port out of range")
+        host = socket.inet_ntop(fam, bytes(target))
+        self.fast_sa = (host, dport) if fam == socket.AF_INET else (host, dport, 0, scope_id)
+        self.fast_dst = bytes(dst)
+        self.fast_dport = dport
+
+    def clear_fast_target(self) -> None:
+        self.fast_dst, self.fast_dport, self.fast_sa = None, -1, None
+
+
+def window_to_guest(c: Any, sndbuf: int, queued: int, frame_payload: int = 0) -> int:
+    """The window we advertise, scaled: the host socket's free send space.
+
+    ``sndbuf`` and ``queued`` are SO_MEMINFO's sndbuf and wmem_queued (the
+    kernel's own accounting, truesize included); a quarter is kept back for skb
+    overhead so that what the guest is promised is (almost) always accepted by
+    ``send()``. At most WND_FRAMES frames are in flight: the guest's tap/NIC
+    queue (1000 frames by default) must not overflow when several flows are busy;
+    a frame carries ``frame_payload`` bytes (the MSS, or 64 KiB when the guest's
+    segments are offloaded).
+    """
+    free = (sndbuf - queued) * 3 // 4 - c.held_bytes
+    if not c.events & ESTABLISHED:
+        free = max(free, WINDOW_DEFAULT)
+    free = max(0, min(free, MAX_WINDOW, WND_FRAMES * max(c.mss, frame_payload)))
+    return min(free >> c.ws_to_tap, 0xFFFF)
+
+
+FP_PEND = 1     # data queued in this call
+FP_ACK = 2      # an ACK is due after the batch
+FP_PUSH = 4     # a PUSH event is due after the batch
+
+
+class FastPath:
+    """The fast path over one flow table (see the module docstring).
+
+    ``attach(idx, flow)`` / ``detach(idx)`` keep the flow object of each flow
+    index (the registry does it); forwarded UDP ports, which are not flows, are
+    ``set_forwarded(v, port, flow_or_None)``. ``run`` handles frames of a batch
+    until one needs Python (``slow``) or the batch ends; ``finish`` builds the
+    ACKs and queues the PUSH events."""
+
+    def __init__(self, table: Any, counters: dict | None = None) -> None:
+        self.table = table
+        self.capacity = table.capacity
+        self.objs: dict[int, Any] = {}
+        self.fwd: dict[tuple[int, int], Any] = {}
+        self.guest_mac = b"\xff" * 6
+        self.our_mac = bytes(6)
+        self.frame_payload = 0
+        self.events: list[tuple[int, Any, Any]] = []
+        self.counters: dict = counters if counters is not None else {}
+        self.slow = False
+        self._pend: list[tuple[Any, list]] = []
+        self._acks: list[Any] = []
+        self._pushes: list[Any] = []
+        self._ugroup: list[Any] = []      # payloads of the current group
+        self._udp_flow: Any = None
+        self._stop = False
+        self._niov = 0
+        self._n_tcp = self._n_udp = self._n_udp_sent = self._n_udp_err = 0
+        self.discard = memoryview(mmap.mmap(-1, DISCARD, mmap.MAP_PRIVATE))
+
+    # -- flows ---------------------------------------------------------------
+    def attach(self, idx: int, flow: Any) -> None:
+        if not 0 <= idx < self.capacity:
+            raise IndexError(f"flow index {idx} out of range")
+        self.objs[idx] = flow
+
+    def detach(self, idx: int) -> None:
+        if 0 <= idx < self.capacity:
+            self.objs.pop(idx, None)
+
+    def set_forwarded(self, v: int, port: int, flow: Any) -> None:
+        if v not in (4, 6) or not 0 <= port <= 65535:
+            raise ValueError("bad forwarded UDP port")
+        if flow is None:
+            self.fwd.pop((v, port), None)
+        else:
+            self.fwd[(v, port)] = flow
+
+    # -- the batch -------------------------------------------------------------
+    def run(self, buf: Any, offsets: Any, lengths: Any, start: int, count: int,
+            now: float) -> int:
+        """Handle frames ``start..`` until one needs Python: returns its index
+        (``slow`` True) or ``count``; may return early after an event (``slow``
+        False). Everything queued has been written when it returns."""
+        self.slow = False
+        self._stop = False
+        i = start
+        view = memoryview(buf)
+        try:
+            while i < count:
+                off, n = offsets[i], lengths[i]
+                if off < 0 or n < 0 or off + n > len(view):
+                    self.slow = True
+                    break
+                if not self._frame(view, off, n, now):
+                    self.slow = True
+                    break
+                i += 1
+                if self._stop:
+                    break
+            self._flush_all()
+        finally:
+            view.release()
+        self._add_counts()
+        return i
+
+    def _frame(self, view: memoryview, off: int, n: int, now: float) -> bool:
+        if n < 14 or view[off + 6:off + 12] != self.guest_mac:
+            return False
+        try:
+            info = _headers.parse_frame(view, off, n)
+        except _headers.ParseError:
+            return False
+        if info.vlan >= 0 or info.is_fragment or info.ip_version == 0:
+            return False
+        if info.l4_proto == 6:
+            return self._tcp(view, info, now)
+        if info.l4_proto == 17:
+            return self._udp(view, info, now)
+        return False
+
+    def _tcp(self, view: memoryview, info: Any, now: float) -> bool:
+        flags = info.tcp_flags
+        if flags & (SYN | FIN | RST | URG) or not flags & ACK:
+            return False
+        if info.payload_offset - info.l4_offset != 20:
+            return False
+        idx = self.table.lookup(6, 0, info.src, info.sport, info.dst, info.dport)
+        if idx < 0:
+            return False
+        c = self.objs.get(idx)
+        if (type(c) is not TcpConn or c.events != ESTABLISHED or c.sock is None
+                or c.held is not None or c.pend_bytes or c.writing or c.recover >= 0
+                or c.fin_seq >= 0):
+            return False
+        plen = info.payload_len
+        if plen and self._niov == MAXIOV:
+            return False
+        if seq_diff(info.tcp_seq, (c.seq_from_tap + c.fp_pending) & M32) != 0:
+            return False  # out of order, old, a keep-alive probe: Python decides
+        ack = info.tcp_ack
+        wnd = min(info.tcp_window << c.ws_from_tap, MAX_WINDOW)
+        acked = seq_diff(ack, c.seq_ack_from_tap)
+        sent = seq_diff(c.seq_to_tap, c.seq_ack_from_tap)
+        if 0 < acked <= sent:
+            c.seq_ack_from_tap = ack
+            c.retries = 0
+            c.dupacks = 0
+            c.wnd_from_tap = wnd
+            c.last_progress = now
+            self._want_push(c)
+            if not self._consume(c, acked):
+                self.events.append((EV_RESET, c, None))
+                self._stop = True
+                self._n_tcp += 1
+                return True
+        elif acked == 0:
+            if sent > 0 and plen == 0:
+                return False  # duplicate ACK: counted towards a fast retransmit by Python
+            if wnd > c.wnd_from_tap:
+                self._want_push(c)
+            c.wnd_from_tap = wnd
+        if plen:
+            po = info.payload_offset
+            if not c.fp_flags & FP_PEND:
+                c.fp_flags |= FP_PEND
+                self._pend.append((c, []))
+            for pc, iov in reversed(self._pend):
+                if pc is c:
+                    iov.append(view[po:po + plen])
+                    break
+            c.fp_pending += plen
+            self._niov += 1
+            if not c.fp_flags & FP_ACK:
+                c.fp_flags |= FP_ACK
+                self._acks.append(c)
+        c.last_activity = now
+        if now - c.touched >= 1.0 or c.touched_timeout != ACT_TIMEOUT:
+            c.touched, c.touched_timeout = now, ACT_TIMEOUT
+            self.table.touch(idx, now - (REFERENCE - ACT_TIMEOUT))
+        self._n_tcp += 1
+        return True
+
+    def _want_push(self, c: Any) -> None:
+        if not c.fp_flags & FP_PUSH:
+            c.fp_flags |= FP_PUSH
+            self._pushes.append(c)
+
+    def _consume(self, c: Any, n: int) -> bool:
+        """Drop n acknowledged bytes from the socket's receive queue (no copy)."""
+        for _ in range(n // DISCARD + 2):
+            if n <= 0:
+                break
+            try:
+                k = c.sock.recv_into(self.discard, min(n, DISCARD), MSG_DISCARD)
+            except BlockingIOError:
+                break
+            except OSError:
+                return False
+            if k <= 0:
+                break
+            n -= k
+        return True
+
+    def _flush_tcp(self) -> None:
+        pend, self._pend = self._pend, []
+        self._niov = 0
+        for c, iov in pend:
+            c.fp_flags &= ~FP_PEND
+            total, c.fp_pending = c.fp_pending, 0
+            try:
+                written = c.sock.sendmsg(iov, (), MSG_OUT)
+            except BlockingIOError:
+                written = 0
+            except BrokenPipeError:
+                written = total
+            except OSError:
+                self.events.append((EV_RESET, c, None))
+                self._stop = True
+                continue
+            c.seq_from_tap = (c.seq_from_tap + written) & M32
+            if written < total:
+                tail = b"".join(bytes(v) for v in iov)[written:]
+                self.events.append((EV_HOLD, c, tail))
+                self._stop = True
+
+    def _udp(self, view: memoryview, info: Any, now: float) -> bool:
+        v = info.ip_version
+        dport = info.dport
+        if (v == 4 and dport == 67) or (v == 6 and dport == 547):
+            return False
+        f = self.fwd.get((v, info.sport))
+        idx = -1
+        if f is None:
+            any_ = bytes(4 if v == 4 else 16)
+            idx = self.table.lookup(17, 0, any_, info.sport, any_, 0)
+            if idx < 0:
+                return False
+            f = self.objs.get(idx)
+        if (type(f) is not UdpFlow or f.sock is None or f.fast_sa is None
+                or f.fast_dport != dport or f.fast_dst != info.dst or f.gaddr != info.src):
+            return False
+        if idx >= 0:
+            self.table.touch(idx, now - (REFERENCE - UDP_TIMEOUT))
+        if self._udp_flow is not f:
+            self._flush_udp()
+            self._udp_flow = f
+        po = info.payload_offset
+        self._ugroup.append(view[po:po + info.payload_len])
+        if len(self._ugroup) == UDP_GROUP:
+            self._flush_udp()
+        self._n_udp += 1
+        return True
+
+    def _flush_udp(self) -> None:
+        f, group = self._udp_flow, self._ugroup
+        self._udp_flow, self._ugroup = None, []
+        for payload in group:   # the twin: one sendto() each; the kernel: sendmmsg()
+            try:
+                f.sock.sendto(payload, f.fast_sa)
+                self._n_udp_sent += 1
+            except OSError:
+                self._n_udp_err += 1
+
+    def _flush_all(self) -> None:
+        self._flush_tcp()
+        if self._udp_flow is not None:
+            self._flush_udp()
+
+    def _add_counts(self) -> None:
+        d = self.counters
+        for name, n in (("fastpath_tcp", self._n_tcp), ("fastpath_udp", self._n_udp),
+                        ("udp_to_host", self._n_udp_sent),
+                        ("drop.udp-send-error", self._n_udp_err)):
+            if n:
+                d[name] = d.get(name, 0) + n
+        self._n_tcp = self._n_udp = self._n_udp_sent = self._n_udp_err = 0
+
+    def finish(self, txbuf: Any, first: int, stride: int, nslots: int, out: Any) -> int:
+        """After the batch: the ACKs due, built into slots ``first + k * stride`` (at
+        most ``nslots``; their lengths in ``out``): how many. Call again while it
+        returns ``nslots``. When no ACK is left, the PUSH events are queued."""
+        k = 0
+        acks = self._acks
+        taken = 0
+        for c in acks:
+            if k == nslots:
+                break
+            taken += 1
+            c.fp_flags &= ~FP_ACK
+            if c.sock is None or c.events & CLOSED or c.ack_due:
+                continue  # gone, or the engine's own ACK is queued and covers it
+            if c.held is not None:
+                self.events.append((EV_ACK, c, None))
+                continue
+            try:
+                mi = struct.unpack_from("9I", c.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
+                wnd = window_to_guest(c, mi[3], mi[5], self.frame_payload)
+            except OSError:
+                wnd = window_to_guest(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
+            c.last_wnd = wnd
+            out[k] = _headers.build_tcp(txbuf, first + k * stride, self.guest_mac, self.our_mac,
+                                        c.raddr, c.gaddr, c.rport, c.gport, c.seq_to_tap,
+                                        c.seq_from_tap, ACK, wnd, 0)
+            k += 1
+        del acks[:taken]
+        if not acks:
+            pushes, self._pushes = self._pushes, []
+            for c in pushes:
+                c.fp_flags &= ~FP_PUSH
+                if c.sock is not None and not c.events & CLOSED:
+                    self.events.append((EV_PUSH, c, None))
+        return k
+
+    def stats(self) -> dict[str, int]:
+        return {"attached": len(self.objs), "forwarded": len(self.fwd)}
