@@ -39,12 +39,20 @@ import struct as _struct
 
 # the twin's constants and helpers: one definition of each
 from passtcore_py.fastpath import (ACT_TIMEOUT, EV_ACK, EV_HOLD, EV_PUSH, EV_RESET,
-                                   FIN_TIMEOUT, SYN_TIMEOUT, UDP_TIMEOUT, window_to_guest)
+                                   FIN_TIMEOUT, PUSH_INFLIGHT, PUSH_NOREAD, PUSH_READ,
+                                   SYN_TIMEOUT, UDP_TIMEOUT, window_to_guest)
 
 __all__ = [
     "TcpConn", "UdpFlow", "FastPath", "EV_PUSH", "EV_HOLD", "EV_RESET", "EV_ACK",
-    "window_to_guest",
+    "PUSH_INFLIGHT", "PUSH_READ", "PUSH_NOREAD", "window_to_guest",
 ]
+
+cdef extern from "<sys/ioctl.h>" nogil:
+    int ioctl(int fd, unsigned long request, ...)
+
+cdef extern from "<sys/socket.h>" nogil:
+    enum:
+        MSG_PEEK
 
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -63,7 +71,9 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t sendmsg(int fd, const msghdr* msg, int flags)
     int sendmmsg(int fd, mmsghdr* msgvec, unsigned int vlen, int flags)
     ssize_t recv(int fd, void* buf, size_t n, int flags)
+    ssize_t recvmsg(int fd, msghdr* msg, int flags)
     int getsockopt(int fd, int level, int name, void* val, socklen_t* optlen)
+    int setsockopt(int fd, int level, int name, const void* val, socklen_t optlen)
     enum:
         MSG_DONTWAIT
         MSG_NOSIGNAL
@@ -82,7 +92,16 @@ cdef enum:
     FP_PEND = 1
     FP_ACK = 2
     FP_PUSH = 4
+    FP_DEFER = 8
+    SO_RCVLOWAT = 18
+    FIONREAD = 0x541B
+    C_PUSH_INFLIGHT = 1
+    C_PUSH_READ = 2
+    C_PUSH_NOREAD = 4
+    MAX_BURST = 256
     MAXIOV = 1024          # queued TCP payloads per call (a frame beyond goes to Python)
+    FLUSH_BYTES = 32768    # a flow's queue leaves at once past this: the host side keeps
+                           # working (another core) while the rest of the batch is read
     UDP_GROUP = 64         # datagrams per sendmmsg()
     SO_MEMINFO = 55
     WINDOW_DEFAULT = 14600
@@ -129,7 +148,7 @@ cdef class TcpConn:
     cdef public long long seq_to_tap, seq_ack_from_tap, seq_from_tap, isn, guest_isn
     cdef public long long wnd_from_tap, ws_from_tap, ws_to_tap, mss, lowat, dupacks, retries
     cdef public long long last_wnd, fin_seq, held_bytes, recover, lowat_cap, pend_bytes
-    cdef public long long sack_recent, rexmit_hi, fp_pending, fp_flags
+    cdef public long long sack_recent, rexmit_hi, fp_pending, fp_flags, fp_batch, ack_sent
     cdef public bint reading, writing, peekoff, ack_due, sack
     cdef public double last_progress, last_activity, created, stalled_since
     cdef public double touched, touched_timeout
@@ -176,6 +195,8 @@ cdef class TcpConn:
         self.touched_timeout = 0.0
         self.fp_pending = 0
         self.fp_flags = 0
+        self.fp_batch = 0
+        self.ack_sent = -1
 
     def flow_timeout(self):
         """The idle deadline for this state: handshake, closing or established."""
@@ -272,13 +293,14 @@ cdef class FastPath:
     cdef public list events
     cdef public dict counters
     cdef public bint slow
+    cdef public int push_flags
     cdef bint _stop
     cdef uint8_t* _discard
     # TCP payload queued in this call
     cdef iovec _iov[MAXIOV]
     cdef PyObject* _iov_owner[MAXIOV]   # borrowed: the owner is in _pend
     cdef Py_ssize_t _niov
-    cdef list _pend, _acks, _pushes
+    cdef list _pend, _acks, _pushes, _deferred
     # the UDP group being built
     cdef mmsghdr _msgs[UDP_GROUP]
     cdef iovec _uiov[UDP_GROUP]
@@ -305,6 +327,7 @@ cdef class FastPath:
         self._pend = []
         self._acks = []
         self._pushes = []
+        self._deferred = []
         self._udp_flow = None
 
     def __dealloc__(self):
@@ -471,16 +494,16 @@ cdef class FastPath:
             c.dupacks = 0
             c.wnd_from_tap = wnd
             c.last_progress = now
-            self._want_push(c)
             if not self._consume(c, acked):
                 self.events.append((EV_RESET, c, None))
                 self._stop = True
                 self._n_tcp += 1
                 return 1
+            self._acked(c)
         elif acked == 0:
             if sent > 0 and plen == 0:
                 return 0   # duplicate ACK: counted towards a fast retransmit by Python
-            if wnd > c.wnd_from_tap:
+            if wnd > c.wnd_from_tap and not c.reading:
                 self._want_push(c)
             c.wnd_from_tap = wnd
         if plen:
@@ -492,9 +515,12 @@ cdef class FastPath:
             self._iov_owner[self._niov] = <PyObject*>c
             self._niov += 1
             c.fp_pending += plen
+            c.fp_batch += plen
             if not c.fp_flags & FP_ACK:
                 c.fp_flags |= FP_ACK
                 self._acks.append(c)
+            if c.fp_pending >= FLUSH_BYTES:
+                self._flush_conn(c)
         c.last_activity = now
         if now - c.touched >= 1.0 or c.touched_timeout != C_ACT_TIMEOUT:
             c.touched = now
@@ -502,6 +528,14 @@ cdef class FastPath:
             self.table._seen[idx] = now - (REFERENCE - C_ACT_TIMEOUT)
         self._n_tcp += 1
         return 1
+
+    cdef void _acked(self, TcpConn c) except *:
+        """New data acknowledged (see the twin): the low-water mark follows while
+        the engine reads the socket; otherwise a PUSH."""
+        if c.reading and c.peekoff:
+            if self._lowat(c, seq_diff(c.seq_to_tap, c.seq_ack_from_tap) + 1):
+                return
+        self._want_push(c)
 
     cdef inline void _want_push(self, TcpConn c) except *:
         if not c.fp_flags & FP_PUSH:
@@ -529,64 +563,67 @@ cdef class FastPath:
         return True
 
     cdef void _flush_tcp(self) except *:
-        cdef iovec local[MAXIOV]
-        cdef msghdr msg
-        cdef Py_ssize_t j, m
-        cdef ssize_t r
-        cdef long long total, written, skip
-        cdef TcpConn c
-        cdef bytes tail
-        cdef char* t
-        cdef int tries
         if not self._pend:
             return
         pend = self._pend
         self._pend = []
         for obj in pend:
-            c = <TcpConn>obj
-            c.fp_flags &= ~FP_PEND
-            m = 0
-            for j in range(self._niov):
-                if self._iov_owner[j] == <PyObject*>c:
-                    local[m] = self._iov[j]
-                    m += 1
-            total = c.fp_pending
-            c.fp_pending = 0
-            memset(&msg, 0, sizeof(msg))
-            msg.msg_iov = local
-            msg.msg_iovlen = <size_t>m
-            tries = 0
-            while True:
-                r = sendmsg(<int>c.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
-                if r < 0 and errno == EINTR and tries < EINTR_RETRIES:
-                    tries += 1
-                    continue
-                break
-            if r >= 0:
-                written = r
-            elif errno == EAGAIN:
-                written = 0
-            elif errno == EPIPE:
-                written = total
-            else:
-                self.events.append((EV_RESET, c, None))
-                self._stop = True
-                continue
-            c.seq_from_tap = (c.seq_from_tap + written) & M32
-            if written < total:
-                tail = PyBytes_FromStringAndSize(NULL, total - written)
-                t = PyBytes_AS_STRING(tail)
-                skip = written
-                for j in range(m):
-                    if skip >= <long long>local[j].iov_len:
-                        skip -= local[j].iov_len
-                        continue
-                    memcpy(t, <char*>local[j].iov_base + skip, local[j].iov_len - skip)
-                    t += local[j].iov_len - skip
-                    skip = 0
-                self.events.append((EV_HOLD, c, tail))
-                self._stop = True
+            self._flush_conn(<TcpConn>obj)
         self._niov = 0
+
+    cdef void _flush_conn(self, TcpConn c) except *:
+        """One sendmsg() of what is queued for ``c``; its iovecs are then spent."""
+        cdef iovec local[MAXIOV]
+        cdef msghdr msg
+        cdef Py_ssize_t j, m = 0
+        cdef ssize_t r
+        cdef long long total, written, skip
+        cdef bytes tail
+        cdef char* t
+        cdef int tries = 0
+        for j in range(self._niov):
+            if self._iov_owner[j] == <PyObject*>c:
+                local[m] = self._iov[j]
+                self._iov_owner[j] = NULL
+                m += 1
+        if m == 0:
+            return   # flushed already (a flow can be queued more than once per call)
+        c.fp_flags &= ~FP_PEND
+        total = c.fp_pending
+        c.fp_pending = 0
+        memset(&msg, 0, sizeof(msg))
+        msg.msg_iov = local
+        msg.msg_iovlen = <size_t>m
+        while True:
+            r = sendmsg(<int>c.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+            if r < 0 and errno == EINTR and tries < EINTR_RETRIES:
+                tries += 1
+                continue
+            break
+        if r >= 0:
+            written = r
+        elif errno == EAGAIN:
+            written = 0
+        elif errno == EPIPE:
+            written = total
+        else:
+            self.events.append((EV_RESET, c, None))
+            self._stop = True
+            return
+        c.seq_from_tap = (c.seq_from_tap + written) & M32
+        if written < total:
+            tail = PyBytes_FromStringAndSize(NULL, total - written)
+            t = PyBytes_AS_STRING(tail)
+            skip = written
+            for j in range(m):
+                if skip >= <long long>local[j].iov_len:
+                    skip -= local[j].iov_len
+                    continue
+                memcpy(t, <char*>local[j].iov_base + skip, local[j].iov_len - skip)
+                t += local[j].iov_len - skip
+                skip = 0
+            self.events.append((EV_HOLD, c, tail))
+            self._stop = True
 
     cdef int _udp(self, const uint8_t* b, PInfo* pi, double now) except -1:
         cdef int v = pi.ip_version
@@ -676,7 +713,24 @@ cdef class FastPath:
     def finish(self, txbuf, Py_ssize_t first, Py_ssize_t stride, Py_ssize_t nslots, out):
         """After the batch: the ACKs due, built into slots ``first + k * stride`` (at
         most ``nslots``; their lengths in ``out``): how many. Call again while it
-        returns ``nslots``. When no ACK is left, the PUSH events are queued."""
+        returns ``nslots``. When no ACK is left, the PUSH events are queued. A flow
+        that got less than one MSS is deferred (see the twin)."""
+        cdef Py_ssize_t k = self._build_acks(self._acks, False, txbuf, first, stride, nslots, out)
+        if not self._acks:
+            self._queue_pushes()
+        return k
+
+    property deferred:
+        """Flows whose ACK waits for ``flush_deferred``."""
+        def __get__(self):
+            return len(self._deferred)
+
+    def flush_deferred(self, txbuf, Py_ssize_t first, Py_ssize_t stride, Py_ssize_t nslots, out):
+        """The deferred ACKs not carried by a frame since (``ack_sent``), like ``finish``."""
+        return self._build_acks(self._deferred, True, txbuf, first, stride, nslots, out)
+
+    cdef Py_ssize_t _build_acks(self, list todo, bint deferred, txbuf, Py_ssize_t first,
+                                Py_ssize_t stride, Py_ssize_t nslots, out) except -1:
         cdef int64_t[::1] res = out
         cdef Py_buffer v
         cdef uint8_t* b
@@ -685,26 +739,39 @@ cdef class FastPath:
         cdef uint32_t mi[9]
         cdef socklen_t mlen
         cdef long long wnd
+        cdef bint small
         if nslots > res.shape[0]:
             raise ValueError("out is shorter than nslots")
-        if not self._acks:
-            self._queue_pushes()
+        if not todo:
             return 0
         b = wbuf(txbuf, &v)
         try:
             if nslots > 0 and (first < 0 or stride < ACK_FRAME_MAX
                                or first + (nslots - 1) * stride + ACK_FRAME_MAX > v.len):
                 raise ValueError("the slots do not fit in the buffer")
-            for obj in self._acks:
+            for obj in todo:
                 if k == nslots:
                     break
                 taken += 1
                 c = <TcpConn>obj
-                c.fp_flags &= ~FP_ACK
+                if deferred:
+                    c.fp_flags &= ~FP_DEFER
+                    small = False
+                else:
+                    c.fp_flags &= ~FP_ACK
+                    small = c.fp_batch < c.mss
+                    c.fp_batch = 0
                 if c.sock is None or c.events & CLOSED or c.ack_due:
                     continue   # gone, or the engine's own ACK is queued and covers it
+                if deferred and c.ack_sent == c.seq_from_tap:
+                    continue   # a frame since carried it
                 if c.held is not None:
                     self.events.append((EV_ACK, c, None))
+                    continue
+                if small:
+                    if not c.fp_flags & FP_DEFER:
+                        c.fp_flags |= FP_DEFER
+                        self._deferred.append(c)
                     continue
                 mlen = sizeof(mi)
                 if getsockopt(<int>c.fd, SOL_SOCKET, SO_MEMINFO, mi, &mlen) == 0 and mlen >= 24:
@@ -712,13 +779,12 @@ cdef class FastPath:
                 else:
                     wnd = c_window(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
                 c.last_wnd = wnd
+                c.ack_sent = c.seq_from_tap
                 res[k] = self._build_ack(b + first + k * stride, c, <uint32_t>wnd)
                 k += 1
         finally:
             PyBuffer_Release(&v)
-        del self._acks[:taken]
-        if not self._acks:
-            self._queue_pushes()
+        del todo[:taken]
         return k
 
     cdef void _queue_pushes(self) except *:
@@ -734,7 +800,12 @@ cdef class FastPath:
                 self.events.append((EV_PUSH, c, None))
 
     cdef Py_ssize_t _build_ack(self, uint8_t* p, TcpConn c, uint32_t window) except -1:
-        """Ethernet + IP + TCP ACK (no options) as headers.build_tcp writes it."""
+        return self._build_seg(p, c, <uint32_t>(c.seq_to_tap & M32), window, 0)
+
+    cdef Py_ssize_t _build_seg(self, uint8_t* p, TcpConn c, uint32_t seq, uint32_t window,
+                               Py_ssize_t plen) except -1:
+        """Ethernet + IP + TCP (ACK, no options) before ``plen`` payload bytes already
+        in place, as headers.build_tcp writes it; the frame length."""
         cdef bytes ra = c.raddr, ga = c.gaddr
         cdef int alen = len(ra)
         cdef uint8_t* l3 = p + 14
@@ -749,7 +820,7 @@ cdef class FastPath:
             pc_store16(p + 12, 0x0800)
             l3[0] = 0x45
             l3[1] = 0
-            pc_store16(l3 + 2, 40)
+            pc_store16(l3 + 2, <uint32_t>(40 + plen))
             memset(l3 + 4, 0, 4)
             l3[8] = 255
             l3[9] = 6
@@ -763,22 +834,124 @@ cdef class FastPath:
         else:
             pc_store16(p + 12, 0x86DD)
             pc_store32(l3, 0x60000000)
-            pc_store16(l3 + 4, 20)
+            pc_store16(l3 + 4, <uint32_t>(20 + plen))
             l3[6] = 6
             l3[7] = 255
             memcpy(l3 + 8, PyBytes_AS_STRING(ra), 16)
             memcpy(l3 + 24, PyBytes_AS_STRING(ga), 16)
             s = pc_csum(l3 + 8, 32, 0)
             l4 = l3 + 40
-        s += 6 + 20
+        s += 6 + 20 + <uint64_t>plen
         ps = pc_fold(s)
         pc_store16(l4, <uint32_t>c.rport & 0xFFFF)
         pc_store16(l4 + 2, <uint32_t>c.gport & 0xFFFF)
-        pc_store32(l4 + 4, <uint32_t>(c.seq_to_tap & M32))
+        pc_store32(l4 + 4, seq)
         pc_store32(l4 + 8, <uint32_t>(c.seq_from_tap & M32))
         l4[12] = 5 << 4
         l4[13] = F_ACK
         pc_store16(l4 + 14, window & 0xFFFF)
         memset(l4 + 16, 0, 4)
-        pc_store16(l4 + 16, (~pc_csum(l4, 20, ps)) & 0xFFFF)
-        return (l4 - p) + 20
+        pc_store16(l4 + 16, (~pc_csum(l4, 20 + plen, ps)) & 0xFFFF)
+        return (l4 - p) + 20 + plen
+
+    # -- host -> guest -------------------------------------------------------------
+    def push(self, TcpConn c, bint woken, txbuf, Py_ssize_t first, Py_ssize_t stride,
+             Py_ssize_t nslots, Py_ssize_t seg, double now, out):
+        """Host data the guest has not seen, peeked into slots (see the twin): the
+        frames built, or -1 when the engine must decide; ``push_flags``."""
+        cdef int64_t[::1] res = out
+        cdef Py_buffer v
+        cdef uint8_t* b
+        cdef long long outstanding, avail, want, got, wnd
+        cdef int queued = 0
+        cdef Py_ssize_t hl, count, k, plen
+        cdef iovec iov[MAX_BURST]
+        cdef msghdr msg
+        cdef ssize_t r
+        cdef uint32_t mi[9]
+        cdef socklen_t mlen
+        cdef uint32_t seq
+        cdef int flags
+        self.push_flags = 0
+        if (c.events != ESTABLISHED or not c.peekoff or c.stalled_since != 0.0
+                or c.sock is None or seg <= 0 or nslots <= 0):
+            return -1
+        if nslots > MAX_BURST:
+            nslots = MAX_BURST
+        if nslots > res.shape[0]:
+            raise ValueError("out is shorter than nslots")
+        outstanding = seq_diff(c.seq_to_tap, c.seq_ack_from_tap)
+        avail = c.wnd_from_tap - outstanding
+        if avail <= 0:
+            return -1
+        if ioctl(<int>c.fd, FIONREAD, &queued) != 0:
+            return -1
+        if queued <= outstanding:
+            if not c.reading or woken:
+                return -1   # EOF, or a wake-up with nothing new: the engine reads it
+            return 0 if self._lowat(c, outstanding + 1) else -1
+        hl = 54 if len(c.raddr) == 4 else 74
+        if seg + hl > stride:
+            raise ValueError("a segment does not fit in its slot")
+        want = queued - outstanding
+        if want > avail:
+            want = avail
+        count = <Py_ssize_t>((want + seg - 1) // seg)
+        if count > nslots:
+            count = nslots
+        if want > count * seg:
+            want = count * seg
+        b = wbuf(txbuf, &v)
+        try:
+            if first < 0 or first + (count - 1) * stride + hl + seg > v.len:
+                raise ValueError("the slots do not fit in the buffer")
+            for k in range(count):
+                iov[k].iov_base = b + first + k * stride + hl
+                plen = seg if want - k * seg > seg else <Py_ssize_t>(want - k * seg)
+                iov[k].iov_len = <size_t>plen
+            memset(&msg, 0, sizeof(msg))
+            msg.msg_iov = iov
+            msg.msg_iovlen = <size_t>count
+            r = recvmsg(<int>c.fd, &msg, MSG_PEEK | MSG_DONTWAIT)
+            if r <= 0:
+                return -1
+            got = r
+            count = <Py_ssize_t>((got + seg - 1) // seg)
+            mlen = sizeof(mi)
+            if getsockopt(<int>c.fd, SOL_SOCKET, SO_MEMINFO, mi, &mlen) == 0 and mlen >= 24:
+                wnd = c_window(c, mi[3], mi[5], self.frame_payload)
+            else:
+                wnd = c_window(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
+            seq = <uint32_t>(c.seq_to_tap & M32)
+            for k in range(count):
+                plen = seg if got - k * seg > seg else <Py_ssize_t>(got - k * seg)
+                res[k] = self._build_seg(b + first + k * stride, c, seq, <uint32_t>wnd, plen)
+                seq = <uint32_t>(seq + <uint32_t>plen)
+        finally:
+            PyBuffer_Release(&v)
+        c.last_wnd = wnd
+        c.ack_sent = c.seq_from_tap
+        if outstanding == 0:
+            c.last_progress = now
+        c.seq_to_tap = seq
+        outstanding += got
+        flags = C_PUSH_INFLIGHT
+        if c.wnd_from_tap - outstanding <= 0:
+            flags |= C_PUSH_NOREAD
+        else:
+            flags |= C_PUSH_READ if self._lowat(c, outstanding + 1) else C_PUSH_NOREAD
+        self.push_flags = flags
+        d = self.counters
+        d["tcp_segments_to_guest"] = d.get("tcp_segments_to_guest", 0) + count
+        return count
+
+    cdef bint _lowat(self, TcpConn c, long long lowat) noexcept:
+        """SO_RCVLOWAT = ``lowat`` (``TcpEngine._set_lowat``); False past the cap."""
+        cdef int lw
+        if lowat > c.lowat_cap:
+            return False
+        if lowat != c.lowat:
+            lw = <int>lowat
+            if setsockopt(<int>c.fd, SOL_SOCKET, SO_RCVLOWAT, &lw, sizeof(int)) == 0:
+                c.lowat = lowat
+        return True

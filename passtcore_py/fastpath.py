@@ -47,6 +47,7 @@ the caller after each call; counters go straight into the counters mapping
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import socket
 import struct
@@ -57,7 +58,7 @@ from passtcore_py.flowtable import FlowTable
 
 __all__ = [
     "TcpConn", "UdpFlow", "FastPath", "EV_PUSH", "EV_HOLD", "EV_RESET", "EV_ACK",
-    "window_to_guest",
+    "PUSH_INFLIGHT", "PUSH_READ", "PUSH_NOREAD", "window_to_guest",
 ]
 
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -90,6 +91,8 @@ M32 = 0xFFFFFFFF
 SO_MEMINFO = 55
 UDP_GROUP = 64              # datagrams per sendmmsg()
 MAXIOV = 1024               # queued TCP payloads per call (a frame beyond goes to Python)
+FLUSH_BYTES = 32768         # a flow's queue leaves at once past this: the host side keeps
+                            # working (another core) while the rest of the batch is read
 DISCARD = 1 << 24
 
 EV_PUSH = 1     # the window moved: send the guest more host data
@@ -118,7 +121,7 @@ class TcpConn:
         "lowat", "dupacks", "retries", "last_progress", "last_activity", "created",
         "last_wnd", "fin_seq", "stalled_since", "peekoff", "held", "held_bytes", "recover",
         "ack_due", "lowat_cap", "pend", "pend_bytes", "sack", "sack_recent", "rexmit_hi",
-        "touched", "touched_timeout", "fp_pending", "fp_flags",
+        "touched", "touched_timeout", "fp_pending", "fp_flags", "fp_batch", "ack_sent",
     )
 
     def __init__(self) -> None:
@@ -162,6 +165,8 @@ class TcpConn:
         self.touched_timeout = 0.0  # ... and with which timeout
         self.fp_pending = 0      # fast path: bytes queued for this flow's sendmsg()
         self.fp_flags = 0        # fast path: FP_* bits of this batch
+        self.fp_batch = 0        # fast path: guest bytes taken in this batch
+        self.ack_sent = -1       # the last acknowledgement number sent to the guest
 
     def flow_timeout(self) -> float:
         """The idle deadline for this state: handshake, closing or established."""
@@ -233,6 +238,15 @@ def window_to_guest(c: Any, sndbuf: int, queued: int, frame_payload: int = 0) ->
 FP_PEND = 1     # data queued in this call
 FP_ACK = 2      # an ACK is due after the batch
 FP_PUSH = 4     # a PUSH event is due after the batch
+FP_DEFER = 8    # the ACK waits for ``flush_deferred`` (or a data frame that carries it)
+SO_RCVLOWAT = 18
+FIONREAD = 0x541B
+
+# what ``push`` leaves to the engine (``push_flags``)
+PUSH_INFLIGHT = 1   # data went out: the connection has data in flight (RTO scan)
+PUSH_READ = 2       # read the socket (its low-water mark is set)
+PUSH_NOREAD = 4     # stop reading it (the guest's window is full, or the mark is capped)
+MAX_BURST = 256
 
 
 class FastPath:
@@ -255,9 +269,11 @@ class FastPath:
         self.events: list[tuple[int, Any, Any]] = []
         self.counters: dict = counters if counters is not None else {}
         self.slow = False
+        self.push_flags = 0
         self._pend: list[tuple[Any, list]] = []
         self._acks: list[Any] = []
         self._pushes: list[Any] = []
+        self._deferred: list[Any] = []
         self._ugroup: list[Any] = []      # payloads of the current group
         self._udp_flow: Any = None
         self._stop = False
@@ -355,16 +371,16 @@ class FastPath:
             c.dupacks = 0
             c.wnd_from_tap = wnd
             c.last_progress = now
-            self._want_push(c)
             if not self._consume(c, acked):
                 self.events.append((EV_RESET, c, None))
                 self._stop = True
                 self._n_tcp += 1
                 return True
+            self._acked(c)
         elif acked == 0:
             if sent > 0 and plen == 0:
                 return False  # duplicate ACK: counted towards a fast retransmit by Python
-            if wnd > c.wnd_from_tap:
+            if wnd > c.wnd_from_tap and not c.reading:
                 self._want_push(c)
             c.wnd_from_tap = wnd
         if plen:
@@ -377,16 +393,29 @@ class FastPath:
                     iov.append(view[po:po + plen])
                     break
             c.fp_pending += plen
+            c.fp_batch += plen
             self._niov += 1
             if not c.fp_flags & FP_ACK:
                 c.fp_flags |= FP_ACK
                 self._acks.append(c)
+            if c.fp_pending >= FLUSH_BYTES:
+                self._flush_conn(c, iov)
         c.last_activity = now
         if now - c.touched >= 1.0 or c.touched_timeout != ACT_TIMEOUT:
             c.touched, c.touched_timeout = now, ACT_TIMEOUT
             self.table.touch(idx, now - (REFERENCE - ACT_TIMEOUT))
         self._n_tcp += 1
         return True
+
+    def _acked(self, c: Any) -> None:
+        """New data acknowledged. While the engine reads the socket, only its
+        low-water mark moves (it becomes readable for data the guest has not
+        been sent, ``TcpEngine._set_lowat``); a connection that stopped reading
+        (the window was full) gets a PUSH."""
+        if c.reading and c.peekoff:
+            if self._lowat(c, seq_diff(c.seq_to_tap, c.seq_ack_from_tap) + 1):
+                return
+        self._want_push(c)
 
     def _want_push(self, c: Any) -> None:
         if not c.fp_flags & FP_PUSH:
@@ -413,23 +442,30 @@ class FastPath:
         pend, self._pend = self._pend, []
         self._niov = 0
         for c, iov in pend:
-            c.fp_flags &= ~FP_PEND
-            total, c.fp_pending = c.fp_pending, 0
-            try:
-                written = c.sock.sendmsg(iov, (), MSG_OUT)
-            except BlockingIOError:
-                written = 0
-            except BrokenPipeError:
-                written = total
-            except OSError:
-                self.events.append((EV_RESET, c, None))
-                self._stop = True
-                continue
-            c.seq_from_tap = (c.seq_from_tap + written) & M32
-            if written < total:
-                tail = b"".join(bytes(v) for v in iov)[written:]
-                self.events.append((EV_HOLD, c, tail))
-                self._stop = True
+            self._flush_conn(c, iov)
+
+    def _flush_conn(self, c: Any, iov: list) -> None:
+        """One sendmsg() of what is queued for ``c``; its iovecs are then spent."""
+        if not iov:
+            return   # flushed already (a flow can be queued more than once per call)
+        c.fp_flags &= ~FP_PEND
+        total, c.fp_pending = c.fp_pending, 0
+        data, iov[:] = list(iov), []
+        try:
+            written = c.sock.sendmsg(data, (), MSG_OUT)
+        except BlockingIOError:
+            written = 0
+        except BrokenPipeError:
+            written = total
+        except OSError:
+            self.events.append((EV_RESET, c, None))
+            self._stop = True
+            return
+        c.seq_from_tap = (c.seq_from_tap + written) & M32
+        if written < total:
+            tail = b"".join(bytes(v) for v in data)[written:]
+            self.events.append((EV_HOLD, c, tail))
+            self._stop = True
 
     def _udp(self, view: memoryview, info: Any, now: float) -> bool:
         v = info.ip_version
@@ -486,7 +522,11 @@ class FastPath:
     def finish(self, txbuf: Any, first: int, stride: int, nslots: int, out: Any) -> int:
         """After the batch: the ACKs due, built into slots ``first + k * stride`` (at
         most ``nslots``; their lengths in ``out``): how many. Call again while it
-        returns ``nslots``. When no ACK is left, the PUSH events are queued."""
+        returns ``nslots``. When no ACK is left, the PUSH events are queued.
+
+        A flow that got less than one MSS in the batch (a request, typically) is
+        not acknowledged now: its ACK is deferred (``deferred``, then
+        ``flush_deferred``), and the reply's first frame usually carries it."""
         k = 0
         acks = self._acks
         taken = 0
@@ -495,20 +535,18 @@ class FastPath:
                 break
             taken += 1
             c.fp_flags &= ~FP_ACK
+            small, c.fp_batch = c.fp_batch < c.mss, 0
             if c.sock is None or c.events & CLOSED or c.ack_due:
                 continue  # gone, or the engine's own ACK is queued and covers it
             if c.held is not None:
                 self.events.append((EV_ACK, c, None))
                 continue
-            try:
-                mi = struct.unpack_from("9I", c.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
-                wnd = window_to_guest(c, mi[3], mi[5], self.frame_payload)
-            except OSError:
-                wnd = window_to_guest(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
-            c.last_wnd = wnd
-            out[k] = _headers.build_tcp(txbuf, first + k * stride, self.guest_mac, self.our_mac,
-                                        c.raddr, c.gaddr, c.rport, c.gport, c.seq_to_tap,
-                                        c.seq_from_tap, ACK, wnd, 0)
+            if small:
+                if not c.fp_flags & FP_DEFER:
+                    c.fp_flags |= FP_DEFER
+                    self._deferred.append(c)
+                continue
+            out[k] = self._ack(txbuf, first + k * stride, c)
             k += 1
         del acks[:taken]
         if not acks:
@@ -518,6 +556,127 @@ class FastPath:
                 if c.sock is not None and not c.events & CLOSED:
                     self.events.append((EV_PUSH, c, None))
         return k
+
+    @property
+    def deferred(self) -> int:
+        """Flows whose ACK waits for ``flush_deferred``."""
+        return len(self._deferred)
+
+    def flush_deferred(self, txbuf: Any, first: int, stride: int, nslots: int, out: Any) -> int:
+        """The deferred ACKs not carried by a frame since (``ack_sent``), like ``finish``."""
+        k = 0
+        taken = 0
+        for c in self._deferred:
+            if k == nslots:
+                break
+            taken += 1
+            c.fp_flags &= ~FP_DEFER
+            if c.sock is None or c.events & CLOSED or c.ack_due or c.ack_sent == c.seq_from_tap:
+                continue
+            if c.held is not None:
+                self.events.append((EV_ACK, c, None))
+                continue
+            out[k] = self._ack(txbuf, first + k * stride, c)
+            k += 1
+        del self._deferred[:taken]
+        return k
+
+    def _ack(self, txbuf: Any, off: int, c: Any) -> int:
+        try:
+            mi = struct.unpack_from("9I", c.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
+            wnd = window_to_guest(c, mi[3], mi[5], self.frame_payload)
+        except OSError:
+            wnd = window_to_guest(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
+        c.last_wnd = wnd
+        c.ack_sent = c.seq_from_tap
+        return _headers.build_tcp(txbuf, off, self.guest_mac, self.our_mac, c.raddr, c.gaddr,
+                                  c.rport, c.gport, c.seq_to_tap, c.seq_from_tap, ACK, wnd, 0)
+
+    # -- host -> guest -------------------------------------------------------------
+    def push(self, c: Any, woken: bool, txbuf: Any, first: int, stride: int, nslots: int,
+             seg: int, now: float, out: Any) -> int:
+        """Host data the guest has not seen, within its window, peeked from the socket
+        straight into slots as segments of ``seg`` bytes (``TcpEngine._push``, its
+        common case): the number of frames built (their lengths in ``out``, to
+        commit with ``gso_size = c.mss``), or -1 when the engine must decide (a
+        state other than plain ESTABLISHED, a full window, EOF, an error, nothing
+        queued). ``push_flags`` says what the engine does next (PUSH_*)."""
+        self.push_flags = 0
+        if type(c) is not TcpConn:
+            raise TypeError("push() needs a TcpConn")
+        if (c.events != ESTABLISHED or not c.peekoff
+                or c.stalled_since or c.sock is None or seg <= 0 or nslots <= 0):
+            return -1
+        outstanding = seq_diff(c.seq_to_tap, c.seq_ack_from_tap)
+        avail = c.wnd_from_tap - outstanding
+        if avail <= 0:
+            return -1
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(c.fd, FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return -1
+        if queued <= outstanding:
+            if not c.reading or woken:
+                return -1   # EOF, or a wake-up with nothing new: the engine reads it
+            return 0 if self._lowat(c, outstanding + 1) else -1
+        hl = 54 if len(c.raddr) == 4 else 74
+        if seg + hl > stride:
+            raise ValueError("a segment does not fit in its slot")
+        nslots = min(nslots, MAX_BURST)
+        want = min(avail, queued - outstanding)
+        count = min(nslots, (want + seg - 1) // seg)
+        want = min(want, count * seg)
+        view = memoryview(txbuf)
+        iov = []
+        for k in range(count):
+            base = first + k * stride + hl
+            iov.append(view[base:base + min(seg, want - k * seg)])
+        try:
+            got = c.sock.recvmsg_into(iov, 0, int(socket.MSG_PEEK | socket.MSG_DONTWAIT))[0]
+        except OSError:
+            return -1
+        if got <= 0:
+            return -1
+        count = (got + seg - 1) // seg
+        try:
+            mi = struct.unpack_from("9I", c.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
+            wnd = window_to_guest(c, mi[3], mi[5], self.frame_payload)
+        except OSError:
+            wnd = window_to_guest(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
+        seq = c.seq_to_tap
+        for k in range(count):
+            plen = min(seg, got - k * seg)
+            out[k] = _headers.build_tcp(txbuf, first + k * stride, self.guest_mac, self.our_mac,
+                                        c.raddr, c.gaddr, c.rport, c.gport, seq, c.seq_from_tap,
+                                        ACK, wnd, plen)
+            seq = (seq + plen) & M32
+        c.last_wnd = wnd
+        c.ack_sent = c.seq_from_tap
+        if not outstanding:
+            c.last_progress = now
+        c.seq_to_tap = seq
+        outstanding += got
+        flags = PUSH_INFLIGHT
+        if c.wnd_from_tap - outstanding <= 0:
+            flags |= PUSH_NOREAD
+        else:
+            flags |= PUSH_READ if self._lowat(c, outstanding + 1) else PUSH_NOREAD
+        self.push_flags = flags
+        d = self.counters
+        d["tcp_segments_to_guest"] = d.get("tcp_segments_to_guest", 0) + count
+        return count
+
+    def _lowat(self, c: Any, lowat: int) -> bool:
+        """SO_RCVLOWAT = ``lowat`` (``TcpEngine._set_lowat``); False past the cap."""
+        if lowat > c.lowat_cap:
+            return False
+        if lowat != c.lowat:
+            try:
+                c.sock.setsockopt(socket.SOL_SOCKET, SO_RCVLOWAT, lowat)
+                c.lowat = lowat
+            except OSError:
+                pass
+        return True
 
     def stats(self) -> dict[str, int]:
         return {"attached": len(self.objs), "forwarded": len(self.fwd)}

@@ -115,6 +115,36 @@ def _iperf(env: Env, link: Link, seconds: int, streams: int, reverse: bool) -> d
     return parse_iperf(doc, reverse)
 
 
+def udp_iperf(env: Env, link: Link, seconds: int, bitrate: str, size: int = 1400) -> dict:
+    """Guest -> host UDP at ``bitrate`` ("0": as fast as the guest can send): what
+    the receiver got (bit/s) and the loss it saw."""
+    argv = ["iperf3", "-u", "-c", link.target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
+            "-l", str(size), "-b", bitrate, "--connect-timeout", "3000"]
+    try:
+        res = env.run(env.guest, argv, timeout=seconds + 15, check=False)
+    except EnvError as exc:
+        raise MeasureFailed(str(exc)) from exc
+    try:
+        doc = json.loads(res.stdout)
+    except json.JSONDecodeError as exc:
+        tail = (res.stderr or res.stdout).strip()[-200:]
+        raise MeasureFailed(f"iperf3 rc={res.returncode}, no JSON: {tail}") from exc
+    if doc.get("error"):
+        raise MeasureFailed(f"iperf3: {doc['error']}")
+    end = doc.get("end") or {}
+    rx = end.get("sum_received") or end.get("sum") or {}
+    if "bits_per_second" not in rx:
+        raise MeasureFailed("iperf3: no end.sum_received in JSON")
+    return {"bits_per_second": float(rx["bits_per_second"]), "bytes": int(rx.get("bytes", 0)),
+            "lost_percent": float(rx.get("lost_percent", 0.0)),
+            "packets": int(rx.get("packets", 0))}
+
+
+def udp_latency(env: Env, link: Link, seconds: float, rounds: int) -> dict:
+    return _probe_client(env, ["udp-latency", "--host", link.target, "--port", str(ECHO_PORT),
+                               "--rounds", str(rounds), "--seconds", str(seconds)], seconds + 20)
+
+
 def _probe_client(env: Env, args: list[str], timeout: float) -> dict:
     try:
         res = env.run(env.guest, [sys.executable, PROBES, *args], timeout=timeout, check=False)

@@ -36,6 +36,11 @@ def serve(bind: str, echo_port: int, accept_port: int, max_seconds: float) -> in
         ls.setblocking(False)
         sel.register(ls, selectors.EVENT_READ, kind)
         listeners[kind] = ls
+    # UDP echo on the echo port's number: the UDP request/response probe
+    us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    us.bind((bind, echo_port))
+    us.setblocking(False)
+    sel.register(us, selectors.EVENT_READ, "udp")
     print("ready", flush=True)
     deadline = time.monotonic() + max_seconds
     accepted = 0
@@ -55,6 +60,16 @@ def serve(bind: str, echo_port: int, accept_port: int, max_seconds: float) -> in
                         raise
                     accepted += 1
                     conn.close()
+            elif kind == "udp":
+                for _ in range(256):
+                    try:
+                        data, peer = us.recvfrom(65536)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    try:
+                        us.sendto(data, peer)
+                    except OSError:
+                        pass
             elif kind == "echo":
                 try:
                     conn, _addr = key.fileobj.accept()
@@ -123,6 +138,42 @@ def latency(host: str, port: int, rounds: int, seconds: float, timeout: float = 
     }
 
 
+def udp_latency(host: str, port: int, rounds: int, seconds: float, size: int = 64,
+                timeout: float = 0.2) -> dict:
+    """``size``-byte datagram request/response; microseconds per round trip. A
+    datagram not answered within ``timeout`` is counted as lost and the round
+    repeated (bounded by ``seconds``)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((host, port))
+    s.settimeout(timeout)
+    samples: list[float] = []
+    lost = 0
+    clock = time.perf_counter_ns
+    deadline = time.monotonic() + seconds
+    payload = b"u" * size
+    try:
+        for i in range(rounds + WARMUP_ROUNDS):
+            t0 = clock()
+            s.send(payload)
+            try:
+                if s.recv(65536) != payload:
+                    raise ConnectionError("UDP echo server sent other data")
+            except socket.timeout:
+                lost += 1
+                continue
+            if i >= WARMUP_ROUNDS:
+                samples.append((clock() - t0) / 1000.0)
+            if (i & 63) == 0 and time.monotonic() > deadline:
+                break
+    finally:
+        s.close()
+    if not samples:
+        raise ConnectionError("no UDP round trips measured")
+    samples.sort()
+    return {"rounds": len(samples), "lost": lost, "p50_us": _percentile(samples, 0.50),
+            "p99_us": _percentile(samples, 0.99), "mean_us": sum(samples) / len(samples)}
+
+
 def cps(host: str, port: int, seconds: float, timeout: float = 3.0, max_errors: int = 20) -> dict:
     """connect()+close() in a loop for ``seconds``; connections per second."""
     ok = errors = 0
@@ -160,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     lat.add_argument("--port", type=int, required=True)
     lat.add_argument("--rounds", type=int, default=20000)
     lat.add_argument("--seconds", type=float, default=5.0)
+    u = sub.add_parser("udp-latency")
+    u.add_argument("--host", required=True)
+    u.add_argument("--port", type=int, required=True)
+    u.add_argument("--rounds", type=int, default=20000)
+    u.add_argument("--seconds", type=float, default=5.0)
     c = sub.add_parser("cps")
     c.add_argument("--host", required=True)
     c.add_argument("--port", type=int, required=True)
@@ -170,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.cmd == "latency":
             out = latency(a.host, a.port, a.rounds, a.seconds)
+        elif a.cmd == "udp-latency":
+            out = udp_latency(a.host, a.port, a.rounds, a.seconds)
         else:
             out = cps(a.host, a.port, a.seconds)
     except OSError as exc:

@@ -38,6 +38,12 @@ def _rows() -> list[tuple[str, str, Callable[[dict], float | None]]]:
     rows.append(("latency_p50", "TCP 1-byte RTT p50 (us)", lambda r: _get(r, "latency", "p50_us")))
     rows.append(("latency_p99", "TCP 1-byte RTT p99 (us)", lambda r: _get(r, "latency", "p99_us")))
     rows.append(("cps", "TCP connect+close per second", lambda r: _get(r, "cps", "per_second")))
+    rows.append(("udp_g2h", "UDP guest->host 1400 B, unpaced (Mbit/s received)",
+                 lambda r: _get(r, "udp_g2h", "bits_per_second", 1e-6)))
+    rows.append(("udp_paced_loss", "UDP loss at a paced 1 Gbit/s (%)",
+                 lambda r: _get(r, "udp_paced", "lost_percent")))
+    rows.append(("udp_latency_p50", "UDP 64 B RTT p50 (us)",
+                 lambda r: _get(r, "udp_latency", "p50_us")))
     rows.append(("rss", "translator VmRSS after runs (MiB)", lambda r: _mem(r, "VmRSS")))
     rows.append(("hwm", "translator VmHWM, peak (MiB)", lambda r: _mem(r, "VmHWM")))
     return rows
@@ -77,16 +83,21 @@ def _fmt(key: str, v: float | None) -> str:
         return "-"
     if key.startswith("tcp_"):
         return f"{v:.2f}"
-    if key in ("stalled", "cps"):
+    if key in ("stalled", "cps", "udp_g2h"):
         return f"{v:.0f}"
     if key.startswith("cpu_"):
         return f"{v:.3f}"
+    if key == "udp_paced_loss":
+        return f"{v:.2f}"
     return f"{v:.1f}"
 
 
 def _cell(res: dict, key: str, v: float | None) -> str:
-    # latency_p50/latency_p99 come from the one "latency" measurement.
-    if v is None and key.split("_p")[0] in res.get("errors", {}):
+    # latency_p50/latency_p99 come from the one "latency" measurement, the loss row
+    # from "udp_paced".
+    source = {"udp_paced_loss": "udp_paced"}.get(key, key.rsplit("_p", 1)[0] if
+                                                   key.endswith(("_p50", "_p99")) else key)
+    if v is None and source in res.get("errors", {}):
         return "failed"
     return _fmt(key, v)
 
@@ -102,9 +113,13 @@ def render(results: dict[str, dict]) -> str:
         out.append(label.ljust(label_w) + "".join(
             _cell(results[n], key, get(results[n])).rjust(col_w) for n in names))
 
-    refs = [r for r in ("pasta", "veth") if r in results]
-    # x/pasta for every x but veth (veth/pasta is just 1/(pasta/veth)), x/veth for every x.
-    pairs = [(n, ref) for ref in refs for n in names if n != ref and not (ref == "pasta" and n == "veth")]
+    # each column against the no-translation limit; the namespace-mode columns
+    # against every pasta, the stream-socket ones against every passt
+    against = {"veth": None, "pasta": ("passtcore", "baseline", "slirp4netns"),
+               "pasta-upstream": ("passtcore", "baseline"),
+               "passt": ("passtcore-stream",), "passt-upstream": ("passtcore-stream",)}
+    pairs = [(n, ref) for ref, who in against.items() if ref in results for n in names
+             if n != ref and (who is None or n in who)]
     if pairs:
         out.append("")
         out.append("ratios (value / reference; >1 = more throughput/conn/s, or more latency/memory)")

@@ -93,7 +93,7 @@ def bench_one(name: str, cfg: dict, logdir: str, res: dict) -> dict:
 
 def _all_keys() -> list[str]:
     keys = [iperf_key(m, s, r) for m in MTUS for s in STREAMS for r in (False, True)]
-    return keys + ["latency", "cps"]
+    return keys + ["latency", "cps", "udp_g2h", "udp_paced", "udp_latency"]
 
 
 def bench_mtu(name: str, mtu: int, cfg: dict, logdir: str, res: dict) -> str | None:
@@ -135,6 +135,10 @@ def bench_mtu(name: str, mtu: int, cfg: dict, logdir: str, res: dict) -> str | N
         if mtu == MTUS[0]:
             attempt("latency", lambda: measure.latency(env, link, cfg["latency_seconds"], cfg["latency_rounds"]))
             attempt("cps", lambda: measure.cps(env, link, cfg["cps_seconds"]))
+            attempt("udp_g2h", lambda: measure.udp_iperf(env, link, cfg["iperf_seconds"], "0"))
+            attempt("udp_paced", lambda: measure.udp_iperf(env, link, cfg["iperf_seconds"], "1G"))
+            attempt("udp_latency", lambda: measure.udp_latency(env, link, cfg["latency_seconds"],
+                                                               cfg["latency_rounds"]))
         if link.pid:
             res["memory_kib"][str(mtu)] = read_mem_kib(link.pid)
         if res["errors"]:
@@ -165,6 +169,8 @@ def _versions() -> dict:
     return {"iperf3": first_line(["iperf3", "--version"]),
             "slirp4netns": first_line(["slirp4netns", "--version"]),
             "pasta": first_line(["dpkg-query", "-W", "-f=${Version}", "passt"]),
+            "pasta-upstream": (first_line([ALL["pasta-upstream"].exe, "--version"])
+                               if "pasta-upstream" in ALL else None),
             "passtcore_backend": backend}
 
 
@@ -178,7 +184,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline", metavar="EXE",
                    help="also measure another passtcore-run executable (e.g. a wrapper that runs "
                         "an older checkout) as the 'baseline' column")
+    p.add_argument("--pasta-upstream", metavar="EXE",
+                   help="also measure this pasta executable (an upstream build of your own) as "
+                        "the 'pasta-upstream' column")
+    p.add_argument("--passt-upstream", metavar="EXE",
+                   help="also measure this passt executable (an upstream build of your own) on "
+                        "the stream socket as the 'passt-upstream' column")
     a = p.parse_args(argv)
+    if a.passt_upstream:
+        from translators import StreamSocket
+
+        if not os.access(a.passt_upstream, os.X_OK):
+            p.error(f"--passt-upstream: {a.passt_upstream} is not an executable")
+        ALL["passt-upstream"] = StreamSocket("passt-upstream", os.path.abspath(a.passt_upstream))
+    if a.pasta_upstream:
+        from translators import Pasta
+
+        if not os.access(a.pasta_upstream, os.X_OK):
+            p.error(f"--pasta-upstream: {a.pasta_upstream} is not an executable")
+        ALL["pasta-upstream"] = Pasta("pasta-upstream", os.path.abspath(a.pasta_upstream))
     if a.baseline:
         from translators import PasstcoreRun
 
@@ -186,6 +210,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     names = [ALIASES.get(n.strip(), n.strip()) for n in a.only.split(",") if n.strip()] or list(ALL)
     if a.baseline and "baseline" not in names:
         names.append("baseline")
+    if a.pasta_upstream and "pasta-upstream" not in names:
+        names.append("pasta-upstream")
+    if a.passt_upstream and "passt-upstream" not in names:
+        names.append("passt-upstream")
     unknown = [n for n in names if n not in ALL]
     if unknown:
         p.error(f"unknown translator(s) {unknown}; choose from {','.join(ALL)}")

@@ -16,6 +16,13 @@ reach the host ns's servers, and the address those servers bind to.
 - ``slirp4netns``: guest 10.0.2.100/24, 10.0.2.2 maps to host loopback
   (its default; we do not pass ``--disable-host-loopback``).
 - ``veth``: a plain veth pair, the no-translation upper bound.
+- ``pasta-upstream`` (with ``--pasta-upstream EXE``): a pasta binary you built
+  from upstream, run exactly as Debian's; nothing of it is kept here.
+- ``passtcore-stream``, ``passt`` (and ``passt-upstream`` with
+  ``--passt-upstream EXE``): the daemon on its QEMU stream socket (``-s``), as
+  libvirt runs it for a VM; the guest namespace's end is a tap that a QEMU
+  without a machine (``-M none``) joins to the stream netdev through its hub.
+  That relay is QEMU's own code; its CPU is not counted as the translator's.
 """
 from __future__ import annotations
 
@@ -152,8 +159,12 @@ class Veth(Translator):
 class Pasta(Translator):
     name = "pasta"
 
+    def __init__(self, name: str = "pasta", exe: str = "pasta") -> None:
+        self.name = name
+        self.exe = exe
+
     def start(self, env: Env, mtu: int, logdir: str) -> Link:
-        argv = ["pasta", "-f", "-q", "--runas", "0", "--config-net",
+        argv = [self.exe, "-f", "-q", "--runas", "0", "--config-net",
                 "-t", "none", "-u", "none", "-T", "none", "-U", "none",
                 "-m", str(mtu), "--netns", f"/run/netns/{env.guest}"]
         proc, log_path = self._spawn(env, argv, logdir)
@@ -253,4 +264,49 @@ class PasstcoreRun(Translator):
         return link
 
 
-ALL: dict[str, Translator] = {t.name: t for t in (PasstcoreRun(), Pasta(), Slirp4netns(), Veth())}
+class StreamSocket(Translator):
+    """A daemon serving the QEMU stream socket, the guest's tap on the far side of
+    a QEMU hub (see the module docstring)."""
+
+    def __init__(self, name: str, exe: str | None, passtcore: bool = False) -> None:
+        self.name = name
+        self.exe = exe
+        self.passtcore = passtcore
+
+    def start(self, env: Env, mtu: int, logdir: str) -> Link:
+        exe = self.exe or (passtcore_run_path() if self.passtcore else "passt")
+        sock = os.path.join(logdir, f"{self.name}-{env.suffix}.sock")
+        if os.path.exists(sock):
+            os.unlink(sock)
+        argv = [exe, "-f", "-q", "--runas", "0", "-s", sock, "-t", "none", "-u", "none",
+                "-m", str(mtu)]
+        proc, log_path = self._spawn(env, argv, logdir)
+        try:
+            env.wait_for(lambda: os.path.exists(sock), START_TIMEOUT, "the stream socket", proc)
+        except EnvError as exc:
+            raise TranslatorFailed(f"{exc}{_log_tail(log_path)}") from exc
+        qemu_log = open(os.path.join(logdir, f"{self.name}-{env.suffix}-qemu.log"), "wb")
+        try:
+            qemu = env.spawn(env.guest, [
+                "qemu-system-x86_64", "-M", "none", "-nodefaults", "-display", "none",
+                "-netdev", f"stream,id=s0,server=off,addr.type=unix,addr.path={sock}",
+                "-netdev", "tap,id=t0,ifname=eth0,script=no,downscript=no",
+                "-netdev", "hubport,id=p0,hubid=0,netdev=s0",
+                "-netdev", "hubport,id=p1,hubid=0,netdev=t0"],
+                stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT)
+        finally:
+            qemu_log.close()
+        guest_if = self._wait_guest_if(env, qemu, log_path)
+        sh(["ip", "-n", env.guest, "addr", "add", f"{HOST_ADDR4}/{PREFIX4}", "dev", guest_if])
+        sh(["ip", "-n", env.guest, "link", "set", guest_if, "mtu", str(mtu), "up"])
+        sh(["ip", "-n", env.guest, "route", "replace", "default", "via", GW_ADDR4])
+        link = Link(self.name, guest_if, GW_ADDR4, "127.0.0.1", proc=proc, pid=proc.pid,
+                    log_path=log_path)
+        link.notes.append("guest: a tap joined to the stream socket by QEMU's hub "
+                          "(qemu -M none); QEMU's CPU not counted")
+        return link
+
+
+ALL: dict[str, Translator] = {t.name: t for t in (
+    PasstcoreRun(), StreamSocket("passtcore-stream", None, passtcore=True),
+    StreamSocket("passt", None), Pasta(), Slirp4netns(), Veth())}

@@ -22,7 +22,9 @@ flow are handled there, without Python; it stops at the first frame that needs
 the steps above, which then takes them, and the fast path goes on after it.
 Its events (data the socket did not take, a socket error, a window that moved)
 go to the TCP engine (``fast_event``); its ACKs are built into the front end's
-slots after the batch (``FastPath.finish``). ``PASSTCORE_NO_FASTPATH=1`` turns
+slots after the batch (``FastPath.finish``), but for a flow that got less than
+an MSS: that ACK waits up to ``ACK_DELAY`` for a reply to carry it (one frame
+and one write fewer per request/response). ``PASSTCORE_NO_FASTPATH=1`` turns
 it off (every frame takes the steps above: a benchmark's baseline).
 
 The engines are an explicit table (``ENGINES``: route -> engine class), built
@@ -35,13 +37,13 @@ with rate limiting), never the batch or the daemon.
 from __future__ import annotations
 
 import logging
-import os
 from array import array
 from collections.abc import Mapping
 from typing import Any
 
 import passtcore
 from passtcore.run.context import Context
+from passtcore.run.flows import fastpath_enabled
 from passtcore.run.icmp import IcmpEngine
 from passtcore.run.io.frontend import SLOT_SIZE
 from passtcore.run.l2.arp import ArpEngine
@@ -64,6 +66,9 @@ DISABLED_BY = {"dhcp": "no_dhcp", "ndp": "no_ndp", "dhcpv6": "no_dhcpv6", "icmp"
                "tcp": "no_tcp", "udp": "no_udp"}
 
 ETH_ARP, ETH_IP, ETH_IP6 = 0x0806, 0x0800, 0x86DD
+# A guest segment shorter than an MSS (a request) is acknowledged this late at
+# most: the reply's first frame usually carries the ACK first (passt waits 10 ms).
+ACK_DELAY = 0.001
 # Ethertypes a guest plausibly sends, counted by name; any other is "ethertype-other",
 # so that a hostile guest cannot grow the counters (and their log line) without bound.
 # ICMP types and IP protocols are named as they are: 256 values each at most.
@@ -123,6 +128,7 @@ class Dispatcher:
         self.trace = False
         self.fast: Any = None             # the fast path, once the engines exist
         self._ack_lens = array("q", bytes(8 * 256))
+        self._defer_armed = False
 
     def load_all(self) -> None:
         """Build every enabled engine now (forwarded ports are bound here: a failure
@@ -132,8 +138,7 @@ class Dispatcher:
                 self.engines[name] = cls(self.ctx)
         self.ctx.engines.update(self.engines)
         self._end_batch = [e.end_batch for e in self.engines.values() if hasattr(e, "end_batch")]
-        if (os.environ.get("PASSTCORE_NO_FASTPATH", "") in ("", "0")
-                and ("tcp" in self.engines or "udp" in self.engines)):
+        if fastpath_enabled() and ("tcp" in self.engines or "udp" in self.engines):
             self.fast = self.ctx.flows.fast
             self.fast.our_mac = self.ctx.conf.our_mac
 
@@ -188,6 +193,9 @@ class Dispatcher:
                     self._fast_events(fast)
                 if n < nslots:
                     break
+            if fast.deferred and not self._defer_armed:
+                self._defer_armed = True
+                ctx.loop.call_later(ACK_DELAY, self._flush_deferred)
         except Exception:
             # a kernel bug: count it, turn the fast path off, finish the batch the slow way
             ctx.counters.drop("engine-error-fastpath")
@@ -196,6 +204,24 @@ class Dispatcher:
             for j in range(i, count):
                 off = offsets[j]
                 handle(buf[off:off + lengths[j]])
+
+    def _flush_deferred(self) -> None:
+        """The deferred ACKs (requests shorter than an MSS) that no reply carried."""
+        self._defer_armed = False
+        fast, ctx = self.fast, self.ctx
+        if fast is None:
+            return
+        frontend = ctx.frontend
+        nslots = min(frontend.nslots, len(self._ack_lens))
+        slots, first, stride = frontend.slot_layout()
+        for _ in range(fast.deferred // max(nslots, 1) + 1):
+            n = fast.flush_deferred(slots, first, stride, nslots, self._ack_lens)
+            if n:
+                ctx.tx_commit(self._ack_lens[:n])
+            if n < nslots:
+                break
+        if fast.events:
+            self._fast_events(fast)
 
     def _fast_events(self, fast: Any) -> None:
         events, fast.events = fast.events, []

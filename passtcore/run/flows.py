@@ -25,6 +25,7 @@ that it finds a frame's flow from C without asking Python.
 from __future__ import annotations
 
 import logging
+import os
 from array import array
 from typing import Any, Protocol
 
@@ -41,6 +42,12 @@ V4MAPPED = bytes(10) + b"\xff\xff"
 ANY = {4: bytes(4), 6: bytes(16)}
 
 _NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
+
+
+def fastpath_enabled() -> bool:
+    """The data-plane fast path is on unless ``PASSTCORE_NO_FASTPATH=1`` (a
+    benchmark's baseline: every frame through the Python engines)."""
+    return os.environ.get("PASSTCORE_NO_FASTPATH", "") in ("", "0")
 
 
 def to16(addr: bytes) -> bytes:

@@ -20,6 +20,7 @@ from typing import Any
 import passtcore
 from passtcore_py import fastpath as fp
 from passtcore.run import nat
+from passtcore.run.flows import fastpath_enabled
 from passtcore.run.io import listeners
 from passtcore.run.io.frontend import SLOT_SIZE
 from passtcore.run.tcp import state as st
@@ -55,6 +56,7 @@ class TcpEngine:
         self.conf = conf = ctx.conf
         self.h = passtcore.headers
         self.flows = ctx.flows
+        self.fast = ctx.flows.fast if fastpath_enabled() else None
         self.key = os.urandom(16)
         self.discard = memoryview(mmap.mmap(-1, DISCARD, mmap.MAP_PRIVATE))  # never written
         self.held_total = 0
@@ -121,6 +123,7 @@ class TcpEngine:
         if not options and c.sack and c.held and flags == ACK:
             options = st.sack_option(c, c.sack_recent)
         c.last_wnd = window
+        c.ack_sent = c.seq_from_tap   # every segment we send acknowledges this far
         ctx = self.ctx
         slot = ctx.tx_slots(1)[0]
         n = self.h.build_tcp(slot, 0, ctx.guest_mac, self.conf.our_mac, c.raddr, c.gaddr,
@@ -494,6 +497,7 @@ class TcpEngine:
         h.build_tcp_burst(buf, first, stride, plens, ctx.guest_mac, self.conf.our_mac, c.raddr,
                           c.gaddr, c.rport, c.gport, seq, c.seq_from_tap, ACK, wnd, lengths)
         c.last_wnd = wnd
+        c.ack_sent = c.seq_from_tap
         ctx.tx_commit(lengths[:count], c.mss)
         ctx.counters.inc("tcp_segments_to_guest", count)
         return got
@@ -714,6 +718,25 @@ class TcpEngine:
         the socket is readable (new data, or EOF, which only a read can tell)."""
         if c.sock is None or not c.events & ESTABLISHED:
             return
+        fast = self.fast
+        if fast is not None and c.events == ESTABLISHED:
+            # the common case in one kernel call: peek, headers, window, low-water mark
+            ctx = self.ctx
+            frontend = ctx.frontend
+            buf, first, stride = frontend.slot_layout()
+            lengths = self._frame_lens
+            n = fast.push(c, woken, buf, first, stride, min(NSLOTS, frontend.nslots),
+                          self._seg_size(c), self._now(), lengths)
+            if n >= 0:
+                if n:
+                    ctx.tx_commit(lengths[:n], c.mss)
+                    self.inflight.add(c)
+                flags = fast.push_flags
+                if flags & fp.PUSH_NOREAD:
+                    self._set_reading(c, False)
+                elif flags & fp.PUSH_READ:
+                    self._set_reading(c, True)
+                return
         if c.events & TAP_FIN_SENT:
             self._set_reading(c, False)
             return
