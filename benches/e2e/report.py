@@ -115,9 +115,10 @@ def render(results: dict[str, dict]) -> str:
 
     # each column against the no-translation limit; the namespace-mode columns
     # against every pasta, the stream-socket ones against every passt
-    against = {"veth": None, "pasta": ("passtcore", "baseline", "slirp4netns"),
+    against = {"pasta": ("passtcore", "baseline", "slirp4netns"),
                "pasta-upstream": ("passtcore", "baseline"),
-               "passt": ("passtcore-stream",), "passt-upstream": ("passtcore-stream",)}
+               "passt": ("passtcore-stream",), "passt-upstream": ("passtcore-stream",),
+               "veth": None}
     pairs = [(n, ref) for ref, who in against.items() if ref in results for n in names
              if n != ref and (who is None or n in who)]
     if pairs:

@@ -114,9 +114,13 @@ def daemonise(pid_fd: int | None) -> None:
 def run(opts: Any, early: tuple[Any, str] | None) -> int:
     from passtcore.run.process import helper
 
-    # The netlink helper first: it imports pyroute2 (~150 ms) while we import the
-    # engines and kernels; it serves the host query and the tap set-up, then ends.
-    helper.start()
+    # The helper first: it serves the host query (without iproute2) and the tap
+    # set-up in the target namespace, then ends.
+    from passtcore.run.process import iproute
+
+    # With iproute2 the helper only forks (setns, the tap); without it, it imports
+    # pyroute2 at once, while we import the engines and kernels.
+    helper.start(() if iproute.ip_binary() else ("pyroute2",))
     try:
         return _run(opts, early)
     finally:
@@ -124,15 +128,14 @@ def run(opts: Any, early: tuple[Any, str] | None) -> int:
 
 
 def _run(opts: Any, early: tuple[Any, str] | None) -> int:
-    import passtcore
-    from passtcore.run.context import Context
-    from passtcore.run.dispatch import Dispatcher
     from passtcore.run.io.loop import Loop
     from passtcore.run.io.pcap import PcapWriter
     from passtcore.run.process import config as _conf
     from passtcore.run.process import helper, logsink
 
-    passtcore.headers.parse_frame  # noqa: B018 - the packet kernels load now, before --runas
+    # The engines and kernels are imported once the front end is up: a namespace
+    # guest gets its addresses and routes (and queues its first frames in the
+    # tap) while we import them.
     try:
         handler = logsink.setup(opts, _options.VERSION)
     except OSError as exc:
@@ -168,11 +171,16 @@ def _run(opts: Any, early: tuple[Any, str] | None) -> int:
             raise FatalError(f"-P/--pid: can't open {opts.pid_file}: {exc.strerror}") from None
 
     raise_nofile()
+    frontend = _make_frontend(opts, cfg, early, loop, counters)
+    helper.stop()  # netlink work is done: the helper (and pyroute2) go before we serve
+    import passtcore
+    from passtcore.run.context import Context
+    from passtcore.run.dispatch import Dispatcher
+
+    passtcore.headers.parse_frame  # noqa: B018 - the packet kernels load now, before --runas
     ctx = Context(cfg, loop, counters, pcap, opts)
     dispatcher = Dispatcher(ctx)  # loads the packet kernels now, before --runas
     dispatcher.trace = opts.trace
-    frontend = _make_frontend(opts, cfg, early, loop, counters)
-    helper.stop()  # netlink work is done: the helper (and pyroute2) go before we serve
     frontend.on_batch = dispatcher.handle_batch
     ctx.frontend = frontend
     try:
@@ -323,19 +331,37 @@ def _make_frontend(opts: Any, cfg: Any, early: tuple[Any, str] | None, loop: Any
     return StreamFrontend(loop, counters, listener=sock, one_off=opts.one_off)
 
 
+def _no_dad(ifname: str) -> None:
+    """Like pasta: no DAD on the tap, the address is ours by construction."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{ifname}/accept_dad", "w") as f:
+            f.write("0")
+    except OSError:
+        pass
+
+
 def _configure_tap(netns_path: str, ifname: str, mac: bytes | None, config_net: bool,
                    cfg: Any) -> None:
     """In a forked, single-threaded helper: enter the target netns, set the tap's MAC,
-    bring lo and the tap up and, with --config-net, set MTU, addresses and routes."""
+    bring lo and the tap up and, with --config-net, set MTU, addresses and routes:
+    one ``ip -batch`` (iproute.py), or pyroute2 where there is no ``ip``."""
     import ipaddress
 
-    from pyroute2 import IPRoute
-
     from passtcore import netns
+    from passtcore.run.process import iproute
 
     nsfd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     netns.setns(nsfd)
     os.close(nsfd)
+    ip = iproute.ip_binary()
+    if ip is not None:
+        if config_net and cfg.v6:
+            _no_dad(ifname)
+        iproute.apply(ip, iproute.tap_script(ifname, mac, config_net, cfg))
+        return
+
+    from pyroute2 import IPRoute
+
     with IPRoute() as ipr:
         idx = ipr.link_lookup(ifname=ifname)[0]
         if mac:
@@ -347,12 +373,7 @@ def _configure_tap(netns_path: str, ifname: str, mac: bytes | None, config_net: 
             if cfg.mtu:
                 ipr.link("set", index=idx, mtu=cfg.mtu)
             if cfg.v6:
-                # Like pasta: no DAD on the tap, the address is ours by construction.
-                try:
-                    with open(f"/proc/sys/net/ipv6/conf/{ifname}/accept_dad", "w") as f:
-                        f.write("0")
-                except OSError:
-                    pass
+                _no_dad(ifname)
         ipr.link("set", index=idx, state="up")
         if config_net:
             if cfg.v4:
