@@ -1,0 +1,483 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Split virtqueues over guest memory, Cython kernel.
+
+Same classes, results and error reasons as the pure twin ``passtcore_py.virtq``,
+whose docstring explains the design. Here the regions are raw pointers into
+buffers held for the lifetime of the ``GuestMemory`` object, every guest
+address and length is checked against one region before it is dereferenced
+(with 64-bit arithmetic that cannot wrap), the avail index is read with an
+acquire fence and the used index published after a release fence (the guest
+runs on another CPU), and no Python object is created per descriptor.
+"""
+cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+from passtcore_py.virtq import (AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT,
+                                DESC_F_WRITE, MAX_QUEUE_SIZE, MAX_REGIONS, NET_HDR_LEN,
+                                VirtqError)
+
+__all__ = ["GuestMemory", "Virtqueue", "VirtqError", "DESC_F_NEXT", "DESC_F_WRITE",
+           "DESC_F_INDIRECT", "AVAIL_F_NO_INTERRUPT", "NET_HDR_LEN", "MAX_REGIONS",
+           "MAX_QUEUE_SIZE"]
+
+cdef extern from *:
+    """
+    static inline void pc_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+    static inline void pc_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+    static inline uint16_t pc_le16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+    static inline uint32_t pc_le32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+    static inline uint64_t pc_le64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+    static inline void pc_put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+    static inline void pc_put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+    """
+    void pc_acquire() noexcept nogil
+    void pc_release() noexcept nogil
+    uint16_t pc_le16(const uint8_t* p) noexcept nogil
+    uint32_t pc_le32(const uint8_t* p) noexcept nogil
+    uint64_t pc_le64(const uint8_t* p) noexcept nogil
+    void pc_put16(uint8_t* p, uint16_t v) noexcept nogil
+    void pc_put32(uint8_t* p, uint32_t v) noexcept nogil
+
+cdef enum:
+    F_NEXT = 1
+    F_WRITE = 2
+    F_INDIRECT = 4
+    F_NO_INTERRUPT = 1
+    NREG = 8
+    QMAX = 32768
+    FRAME_MAX = 65536 + 14
+    ETH_ZLEN = 60
+
+# chain walk results (< 0: malformed, the reason's index)
+cdef enum:
+    R_BAD_HEAD = -1
+    R_BAD_INDIRECT = -2
+    R_BAD_ADDRESS = -3
+    R_WRONG_DIRECTION = -4
+    R_BAD_NEXT = -5
+    R_DESC_LOOP = -6
+
+_REASONS = {R_BAD_HEAD: "bad-head", R_BAD_INDIRECT: "bad-indirect",
+            R_BAD_ADDRESS: "bad-address", R_WRONG_DIRECTION: "wrong-direction",
+            R_BAD_NEXT: "bad-next", R_DESC_LOOP: "desc-loop"}
+
+
+@cython.final
+cdef class GuestMemory:
+    """The guest's memory regions (see the twin): ``add(gpa, size, uva, buf)``."""
+
+    cdef int n
+    cdef uint64_t _gpa[NREG]
+    cdef uint64_t _size[NREG]
+    cdef uint64_t _uva[NREG]
+    cdef uint8_t* _base[NREG]
+    cdef Py_buffer _bufs[NREG]
+    cdef list _views
+
+    def __cinit__(self):
+        self.n = 0
+        self._views = []
+
+    def __dealloc__(self):
+        self._release()
+
+    cdef void _release(self) noexcept:
+        cdef int i
+        for i in range(self.n):
+            PyBuffer_Release(&self._bufs[i])
+        self.n = 0
+
+    def add(self, gpa, size, uva, buf):
+        cdef Py_buffer v
+        if self.n >= NREG:
+            raise VirtqError(f"at most {MAX_REGIONS} memory regions")
+        if size <= 0 or gpa < 0 or uva < 0 or gpa + size > (1 << 64) or uva + size > (1 << 64):
+            raise VirtqError("a memory region's size does not fit its mapping")
+        try:
+            PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE | PyBUF_WRITABLE)
+        except BufferError:
+            raise VirtqError("a memory region must be writable") from None
+        if <uint64_t>v.len < <uint64_t>size:
+            PyBuffer_Release(&v)
+            raise VirtqError("a memory region's size does not fit its mapping")
+        self._bufs[self.n] = v
+        self._base[self.n] = <uint8_t*>v.buf
+        self._gpa[self.n] = gpa
+        self._size[self.n] = size
+        self._uva[self.n] = uva
+        self.n += 1
+        self._views.append(memoryview(buf).cast("B")[:size])
+
+    def clear(self):
+        self._release()
+        self._views = []
+
+    def __len__(self):
+        return self.n
+
+    cdef inline uint8_t* at_gpa(self, uint64_t addr, uint64_t length) noexcept nogil:
+        cdef int i
+        cdef uint64_t off
+        for i in range(self.n):
+            if addr >= self._gpa[i]:
+                off = addr - self._gpa[i]
+                if off <= self._size[i] and length <= self._size[i] - off:
+                    return self._base[i] + off
+        return NULL
+
+    cdef inline uint8_t* at_uva(self, uint64_t addr, uint64_t length) noexcept nogil:
+        cdef int i
+        cdef uint64_t off
+        for i in range(self.n):
+            if addr >= self._uva[i]:
+                off = addr - self._uva[i]
+                if off <= self._size[i] and length <= self._size[i] - off:
+                    return self._base[i] + off
+        return NULL
+
+    def gpa(self, addr, length):
+        """The bytes at guest-physical ``addr``, ``length`` long, or None."""
+        return self._view(addr, length, False)
+
+    def uva(self, addr, length):
+        """The bytes at front-end virtual ``addr`` (ring addresses), or None."""
+        return self._view(addr, length, True)
+
+    cdef object _view(self, addr, length, bint virt):
+        cdef int i
+        if addr < 0 or length < 0 or addr >= (1 << 64) or length >= (1 << 64):
+            return None
+        for i in range(self.n):
+            base = self._uva[i] if virt else self._gpa[i]
+            off = addr - base
+            if 0 <= off and off + length <= self._size[i]:
+                return self._views[i][off:off + length]
+        return None
+
+
+@cython.final
+cdef class Virtqueue:
+    """One split virtqueue of ``num`` entries (see the twin)."""
+
+    cdef GuestMemory mem
+    cdef readonly int num
+    cdef public bint event_idx
+    cdef uint8_t* desc
+    cdef uint8_t* avail
+    cdef uint8_t* used
+    cdef uint16_t _last_avail, _used_idx, _signalled
+    cdef bint _used_since_call
+    cdef public dict errors
+    cdef public bint broken
+    cdef uint8_t** _segp       # the chain being walked: buffer pointers ...
+    cdef uint32_t* _segl       # ... and lengths (num + 1 at most)
+    cdef int* _heads           # the receive buffers claimed for one frame
+
+    def __cinit__(self, GuestMemory mem not None, int num, desc, avail, used,
+                  bint event_idx=False, int last_avail=0):
+        if num <= 0 or num > QMAX or num & (num - 1):
+            raise VirtqError(f"queue size {num} is not a power of two up to {MAX_QUEUE_SIZE}")
+        self.mem = mem
+        self.num = num
+        self.event_idx = event_idx
+        if desc < 0 or avail < 0 or used < 0 or max(desc, avail, used) >= (1 << 64):
+            raise VirtqError("a ring of the queue is outside guest memory")
+        self.desc = mem.at_uva(desc, 16 * <uint64_t>num)
+        self.avail = mem.at_uva(avail, 6 + 2 * <uint64_t>num)
+        self.used = mem.at_uva(used, 6 + 8 * <uint64_t>num)
+        if self.desc == NULL or self.avail == NULL or self.used == NULL:
+            raise VirtqError("a ring of the queue is outside guest memory")
+        self._last_avail = <uint16_t>(last_avail & 0xFFFF)
+        self._used_idx = pc_le16(self.used + 2)
+        self._signalled = self._used_idx
+        self._used_since_call = False
+        self.errors = {}
+        self.broken = False
+        self._segp = <uint8_t**>malloc((num + 1) * sizeof(uint8_t*))
+        self._segl = <uint32_t*>malloc((num + 1) * sizeof(uint32_t))
+        self._heads = <int*>malloc((num + 1) * sizeof(int))
+        if self._segp == NULL or self._segl == NULL or self._heads == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self._segp)
+        free(self._segl)
+        free(self._heads)
+
+    property last_avail:
+        def __get__(self):
+            return self._last_avail
+
+        def __set__(self, int value):
+            self._last_avail = <uint16_t>(value & 0xFFFF)
+
+    property used_idx:
+        def __get__(self):
+            return self._used_idx
+
+    # -- shared ----------------------------------------------------------------
+    cdef void _err(self, str reason) except *:
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    def avail_idx(self):
+        return pc_le16(self.avail + 2)
+
+    cpdef int pending(self) except -1:
+        """Chains the guest made available that we have not taken (0 if broken)."""
+        cdef uint16_t n
+        if self.broken:
+            return 0
+        n = <uint16_t>(pc_le16(self.avail + 2) - self._last_avail)
+        pc_acquire()   # the ring entries below the index are read after it
+        if n > self.num:
+            self.broken = True
+            self._err("avail-overrun")
+            return 0
+        return n
+
+    cdef inline int _next_head(self) noexcept nogil:
+        cdef int slot = self._last_avail & (self.num - 1)
+        self._last_avail = <uint16_t>(self._last_avail + 1)
+        return pc_le16(self.avail + 4 + 2 * slot)
+
+    cdef int _chain(self, int head, bint writable, uint64_t* total) noexcept nogil:
+        """Walk the chain at ``head`` into _segp/_segl: the number of buffers, or a
+        R_* reason (< 0)."""
+        cdef const uint8_t* table = self.desc
+        cdef uint32_t size = self.num
+        cdef uint32_t i = head
+        cdef bint indirect = False
+        cdef int nseg = 0, step
+        cdef uint64_t addr
+        cdef uint32_t length
+        cdef uint16_t flags, nxt
+        cdef uint8_t* p
+        total[0] = 0
+        if head >= self.num:
+            return R_BAD_HEAD
+        for step in range(self.num + 1):
+            addr = pc_le64(table + 16 * i)
+            length = pc_le32(table + 16 * i + 8)
+            flags = pc_le16(table + 16 * i + 12)
+            nxt = pc_le16(table + 16 * i + 14)
+            if flags & F_INDIRECT:
+                if indirect or flags & F_NEXT:
+                    return R_BAD_INDIRECT
+                if length == 0 or length % 16 or length // 16 > QMAX:
+                    return R_BAD_INDIRECT
+                p = self.mem.at_gpa(addr, length)
+                if p == NULL:
+                    return R_BAD_ADDRESS
+                table = p
+                size = length // 16
+                i = 0
+                indirect = True
+                continue
+            if (flags & F_WRITE != 0) != writable:
+                return R_WRONG_DIRECTION
+            p = self.mem.at_gpa(addr, length)
+            if p == NULL:
+                return R_BAD_ADDRESS
+            if length:
+                self._segp[nseg] = p
+                self._segl[nseg] = length
+                nseg += 1
+                total[0] += length
+            if not flags & F_NEXT:
+                return nseg
+            if nxt >= size:
+                return R_BAD_NEXT
+            i = nxt
+        return R_DESC_LOOP
+
+    cdef inline void _put_used(self, int head, uint32_t length) noexcept nogil:
+        cdef int slot = self._used_idx & (self.num - 1)
+        pc_put32(self.used + 4 + 8 * slot, <uint32_t>head)
+        pc_put32(self.used + 8 + 8 * slot, length)
+        self._used_idx = <uint16_t>(self._used_idx + 1)
+        self._used_since_call = True
+
+    cdef inline void _publish(self) noexcept nogil:
+        pc_release()   # the used entries are visible before the index that covers them
+        pc_put16(self.used + 2, self._used_idx)
+        if self.event_idx:
+            pc_put16(self.used + 4 + 8 * self.num, self._last_avail)
+
+    def need_call(self):
+        """Whether the guest asked to be interrupted for the entries used since the
+        last call (and forget them)."""
+        cdef uint16_t event, new, old
+        if not self._used_since_call:
+            return False
+        self._used_since_call = False
+        if self.event_idx:
+            event = pc_le16(self.avail + 4 + 2 * self.num)
+            new = self._used_idx
+            old = self._signalled
+            self._signalled = new
+            return <uint16_t>(new - event - 1) < <uint16_t>(new - old)
+        return not (pc_le16(self.avail) & F_NO_INTERRUPT)
+
+    # -- guest -> host ------------------------------------------------------------
+    def pop_tx(self, out, offsets, lengths, Py_ssize_t max_frames, Py_ssize_t hdr_len=NET_HDR_LEN):
+        """See the twin: available frames copied into ``out``; the number copied."""
+        cdef int64_t[::1] offs = offsets
+        cdef int64_t[::1] lens = lengths
+        cdef Py_buffer v
+        cdef uint8_t* dst
+        cdef Py_ssize_t cap = max_frames, pos = 0, n = 0, start
+        cdef int k, head, nseg, j, avail_n
+        cdef uint64_t total, skip, take
+        cdef int64_t flen
+        if offs.shape[0] < cap:
+            cap = offs.shape[0]
+        if lens.shape[0] < cap:
+            cap = lens.shape[0]
+        if hdr_len < 0:
+            raise ValueError("hdr_len must be >= 0")
+        PyObject_GetBuffer(out, &v, PyBUF_SIMPLE | PyBUF_WRITABLE)
+        dst = <uint8_t*>v.buf
+        try:
+            avail_n = self.pending()
+            for k in range(avail_n):
+                if n >= cap:
+                    break
+                head = self._next_head()
+                nseg = self._chain(head, False, &total)
+                if nseg < 0:
+                    self._err(_REASONS[nseg])
+                    if head < self.num:
+                        self._put_used(head, 0)
+                    continue
+                flen = <int64_t>total - hdr_len
+                if flen < 14 or flen > FRAME_MAX:
+                    self._err("bad-frame-length")
+                    self._put_used(head, 0)
+                    continue
+                if pos + flen > v.len:
+                    self._last_avail = <uint16_t>(self._last_avail - 1)   # no room: next call
+                    break
+                skip = hdr_len
+                start = pos
+                for j in range(nseg):
+                    if skip >= self._segl[j]:
+                        skip -= self._segl[j]
+                        continue
+                    take = self._segl[j] - skip
+                    memcpy(dst + pos, self._segp[j] + skip, take)
+                    pos += take
+                    skip = 0
+                offs[n] = start
+                lens[n] = flen
+                n += 1
+                self._put_used(head, 0)
+            self._publish()
+        finally:
+            PyBuffer_Release(&v)
+        return n
+
+    # -- host -> guest ----------------------------------------------------------------
+    def push_rx(self, frames, offsets, lengths, Py_ssize_t count, bint mergeable=True,
+                hdr=bytes(NET_HDR_LEN)):
+        """See the twin: frames copied into the guest's receive buffers; how many."""
+        cdef const int64_t[::1] offs = offsets
+        cdef const int64_t[::1] lens = lengths
+        cdef const uint8_t[::1] h = hdr
+        cdef Py_buffer v
+        cdef const uint8_t* src
+        cdef Py_ssize_t i, done = 0
+        cdef int r
+        if count > offs.shape[0] or count > lens.shape[0]:
+            raise ValueError("count exceeds the offsets/lengths arrays")
+        if h.shape[0] > 64:
+            raise ValueError("the virtio-net header is at most 64 bytes")
+        PyObject_GetBuffer(frames, &v, PyBUF_SIMPLE)
+        src = <const uint8_t*>v.buf
+        try:
+            for i in range(count):
+                if offs[i] < 0 or lens[i] < 0 or offs[i] > v.len - lens[i]:
+                    self._err("bad-source-frame")
+                    done += 1
+                    continue
+                r = self._rx_one(src + offs[i], lens[i], &h[0] if h.shape[0] else NULL,
+                                 h.shape[0], mergeable)
+                if r == 0:
+                    break
+                done += 1
+            self._publish()
+        finally:
+            PyBuffer_Release(&v)
+        return done
+
+    cdef int _rx_one(self, const uint8_t* frame, Py_ssize_t flen, const uint8_t* hdr,
+                     Py_ssize_t hdr_len, bint mergeable) except -1:
+        """1: done with the frame (delivered, or dropped and counted); 0: not enough
+        room yet (nothing taken)."""
+        cdef Py_ssize_t pad = ETH_ZLEN - flen if flen < ETH_ZLEN else 0
+        cdef uint64_t need = hdr_len + flen + pad, room = 0, total
+        cdef uint16_t save = self._last_avail
+        cdef int* heads = self._heads
+        cdef int ntaken = 0, head, nseg, k, j
+        cdef uint8_t hbuf[64]
+        cdef Py_ssize_t pos, piece, off
+        cdef uint32_t used
+        # First pass: claim enough buffers (their chains are walked again to copy).
+        for k in range(self.num + 1):
+            if room >= need:
+                break
+            if not self.pending():
+                self._last_avail = save
+                return 0
+            head = self._next_head()
+            nseg = self._chain(head, True, &total)
+            if nseg >= 0 and ntaken == 0 and total < <uint64_t>hdr_len:
+                nseg = -100
+            if nseg < 0:
+                self._err("rx-buffer-too-small" if nseg == -100 else _REASONS[nseg])
+                if head < self.num:
+                    self._put_used(head, 0)
+                for j in range(ntaken):
+                    self._put_used(heads[j], 0)
+                return 1
+            heads[ntaken] = head
+            ntaken += 1
+            room += total
+            if not mergeable and room < need:
+                self._err("rx-buffer-too-small")
+                for j in range(ntaken):
+                    self._put_used(heads[j], 0)
+                return 1
+        if room < need:
+            self._last_avail = save
+            return 0
+        if hdr_len:
+            memcpy(hbuf, hdr, hdr_len)
+            if hdr_len >= 12:
+                pc_put16(hbuf + 10, <uint16_t>ntaken)
+        # Second pass: copy header, frame and padding across the claimed buffers.
+        pos = 0   # position in the virtual [header | frame | padding]
+        for k in range(ntaken):
+            nseg = self._chain(heads[k], True, &total)   # the guest may have changed it:
+            if nseg < 0:                                  # what is copied stays in bounds
+                nseg = 0
+            used = 0
+            for j in range(nseg):
+                off = 0
+                while off < self._segl[j] and pos < <Py_ssize_t>need:
+                    if pos < hdr_len:
+                        piece = min(hdr_len - pos, self._segl[j] - off)
+                        memcpy(self._segp[j] + off, hbuf + pos, piece)
+                    elif pos < hdr_len + flen:
+                        piece = min(hdr_len + flen - pos, self._segl[j] - off)
+                        memcpy(self._segp[j] + off, frame + (pos - hdr_len), piece)
+                    else:
+                        piece = min(<Py_ssize_t>need - pos, self._segl[j] - off)
+                        memset(self._segp[j] + off, 0, piece)
+                    off += piece
+                    pos += piece
+                    used += <uint32_t>piece
+            self._put_used(heads[k], used)
+        return 1
