@@ -23,14 +23,14 @@ TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
-KERNELS = ("csum", "headers", "batch", "flowtable", "fastpath")
+KERNELS = ("csum", "headers", "batch", "flowtable", "fastpath", "virtq")
 
 __all__ = ["__version__", "backend", "KERNELS", *KERNELS]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from typing import Any
 
-    from passtcore_py import batch, csum, fastpath, flowtable, headers
+    from passtcore_py import batch, csum, fastpath, flowtable, headers, virtq
 
     backend: str
 

@@ -8,7 +8,7 @@ from types import ModuleType
 
 log = logging.getLogger("passtcore")
 
-_NATIVE = {name: f"passtcore._{name}" for name in ("csum", "headers", "batch", "flowtable", "fastpath")}
+_NATIVE = {name: f"passtcore._{name}" for name in ("csum", "headers", "batch", "flowtable", "fastpath", "virtq")}
 _PURE = {name: f"passtcore_py.{name}" for name in _NATIVE}
 
 

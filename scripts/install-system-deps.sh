@@ -21,4 +21,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-echo "passtcore: system packages ready"
+# vhost-user under TCG needs QEMU >= 9 (Debian 12's 7.2 crashes when the guest driver
+# starts the device): QEMU 10 from bookworm-backports (docs/deploy-kubevirt.md).
+if ! qemu-system-x86_64 --version 2>/dev/null | grep -Eq 'version (9|[1-9][0-9])\.'; then
+  src=/etc/apt/sources.list.d/passtcore-backports.sources
+  if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    printf '%s\n' "Types: deb" "URIs: http://deb.debian.org/debian" \
+      "Suites: bookworm-backports" "Components: main" \
+      "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" > "$src"
+  fi
+  echo "passtcore: installing QEMU 10 from bookworm-backports"
+  apt-get update -qq
+  apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
+fi
+echo "passtcore: system packages ready ($(qemu-system-x86_64 --version | head -1))"

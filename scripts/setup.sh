@@ -17,3 +17,7 @@ echo "passtcore: building and installing (editable, with test/bench/sidecar extr
 # install does not, and PYTHONDONTWRITEBYTECODE may be set): start-up is measured.
 .venv/bin/python -m compileall -q passtcore passtcore_py >/dev/null
 .venv/bin/python -c "import passtcore; print('passtcore: backend =', passtcore.backend)"
+# The test guest for QEMU (Debian's cloud kernel + busybox, under .cache/guest/):
+# downloaded with apt-get, never installed on this machine.
+.venv/bin/python -c "from passtcore.sandbox import guest; guest.image()" \
+  || echo "passtcore: no guest image (the vhost-user tests will be skipped)"

@@ -62,7 +62,7 @@ REQUIRED_IN_WHEEL = [
     "passtcore/py.typed",
     "passtcore/_csum.pyi", "passtcore/_headers.pyi", "passtcore/_batch.pyi",
     "passtcore_py/py.typed",
-    *(f"passtcore_py/{twin}.py" for twin in ("csum", "headers", "batch", "flowtable", "fastpath")),
+    *(f"passtcore_py/{twin}.py" for twin in ("csum", "headers", "batch", "flowtable", "fastpath", "virtq")),
 ]
 NOT_SHIPPED = ("tests", "benches", "deploy", "docs", "scripts")  # directories of the repository only
 # Probe run in a fresh venv: the compiled kernels, from that venv, are the backend.

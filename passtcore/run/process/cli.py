@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     if opts.help:
         sys.stdout.write(_options.USAGE)
         return 0
+    if opts.print_capabilities:
+        # what libvirt asks a vhost-user back end (vhost-user.rst, "Back-end JSON")
+        sys.stdout.write('{\n  "type": "net"\n}\n')
+        return 0
     if opts.version:
         sys.stdout.write(f"{_options.PROG} {_options.VERSION} (passt-compatible)\n")
         return 0

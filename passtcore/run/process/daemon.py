@@ -324,6 +324,16 @@ def _make_frontend(opts: Any, cfg: Any, early: tuple[Any, str] | None, loop: Any
     assert early is not None
     sock = socket.socket(fileno=early[0].detach())
     log.info("UNIX domain socket bound at %s", early[1])
+    if opts.vhost_user:
+        from passtcore.run.io.vhost_user import VhostUserFrontend
+
+        if not opts.quiet:
+            log.info("You can now start qemu with a shared memory backend:")
+            log.info("    kvm ... -object memory-backend-memfd,id=m,size=<RAM>,share=on "
+                     "-numa node,memdev=m -chardev socket,id=c,path=%s "
+                     "-netdev vhost-user,id=n,chardev=c -device virtio-net-pci,netdev=n",
+                     early[1])
+        return VhostUserFrontend(loop, counters, listener=sock, one_off=opts.one_off)
     if not opts.quiet:
         log.info("You can now start qemu (>= 7.2, with commit 13c6be96618c):")
         log.info("    kvm ... -device virtio-net-pci,netdev=s -netdev stream,id=s,server=off,"

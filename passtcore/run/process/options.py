@@ -48,6 +48,8 @@ TABLE: tuple[tuple[tuple[str, ...], str, bool, str, bool], ...] = (
     (("socket", "socket-path"), "s", True, "socket", False),
     (("fd",), "F", True, "fd", False),
     (("one-off",), "1", False, "one_off", True),
+    (("vhost-user",), "", False, "vhost_user", True),
+    (("print-capabilities",), "", False, "print_capabilities", True),
     (("mtu",), "m", True, "mtu", False),
     (("address",), "a", True, "address", True),
     (("netmask",), "n", True, "netmask", False),
@@ -93,7 +95,7 @@ TABLE: tuple[tuple[tuple[str, ...], str, bool, str, bool], ...] = (
 
 _LONG = {name: row for row in TABLE for name in row[0]}
 _SHORT = {row[1]: row for row in TABLE if row[1]}
-PASST_ONLY = {"socket", "fd", "one_off", "no_dhcp_dns", "no_dhcp_search"}
+PASST_ONLY = {"socket", "fd", "one_off", "no_dhcp_dns", "no_dhcp_search", "vhost_user"}
 PASTA_ONLY = {"tcp_ns", "udp_ns", "ns_ifname", "userns", "netns_only", "no_netns_quit",
               "config_net", "ns_mac_addr", "dhcp_dns", "dhcp_search", "no_tap_offload"}
 
@@ -178,7 +180,7 @@ def scan_early(argv: list[str]) -> tuple[str, str | None]:
     socket_path = None
     for row, value, _ in tokens:
         key = row[3]
-        if key in ("help", "version", "fd", "netns", "demo"):
+        if key in ("help", "version", "fd", "netns", "demo", "print_capabilities"):
             return "none", None
         if key == "socket":
             socket_path = value
@@ -201,6 +203,8 @@ class Options:
         self.socket: str | None = None
         self.fd: int | None = None
         self.one_off = False
+        self.vhost_user = False
+        self.print_capabilities = False
         self.mtu: int | None = None           # None: default 65520; 0: do not advertise
         self.addr4: bytes | None = None
         self.prefix4: int | None = None
@@ -392,7 +396,7 @@ def parse(argv: list[str]) -> Options:
                        "one_off", "ipv4_only", "ipv6_only", "no_dhcp_dns", "no_dhcp_search",
                        "no_tcp", "no_udp", "no_icmp", "no_dhcp", "no_ndp", "no_dhcpv6",
                        "no_ra", "no_map_gw", "netns_only", "no_netns_quit", "config_net",
-                       "no_tap_offload", "demo"):
+                       "no_tap_offload", "demo", "vhost_user", "print_capabilities"):
                 setattr(o, key, True)
             elif key == "dhcp_dns":
                 o.no_dhcp_dns = False
@@ -463,6 +467,8 @@ def parse(argv: list[str]) -> Options:
         raise OptionError("-4/--ipv4-only and -6/--ipv6-only are mutually exclusive")
     if o.fd is not None and o.socket is not None:
         raise OptionError("-F/--fd and -s/--socket are mutually exclusive")
+    if o.fd is not None and o.vhost_user:
+        raise OptionError("-F/--fd and --vhost-user are mutually exclusive")
     if o.fd is not None:
         o.one_off = True
     for v, written in addresses:
@@ -553,6 +559,8 @@ an inherited socket (-F), or a tap device in a network namespace (--netns).
   -s, --socket PATH      UNIX socket path (default: first free /tmp/passt_N.socket)
   -F, --fd FD            use an inherited connected stream socket (implies -1)
   -1, --one-off          exit when the client disconnects
+  --vhost-user           serve QEMU's vhost-user-net device on the socket (KubeVirt v1.6+)
+  --print-capabilities   print the vhost-user back-end capabilities (JSON) and exit
   -m, --mtu MTU          MTU for DHCP/RA (68..65535, 0 = none; default 65520)
   -a, --address ADDR     guest address (IPv4 and/or IPv6)
   -n, --netmask MASK     IPv4 netmask or prefix length

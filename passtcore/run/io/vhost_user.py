@@ -1,0 +1,562 @@
+"""The vhost-user front end: QEMU's virtio-net device served from this process.
+
+What KubeVirt v1.6+ runs (``passt --vhost-user``, started by libvirt): QEMU
+connects to our UNIX socket (``-s``), hands over the guest's memory (memfd
+regions, SCM_RIGHTS) and the two virtqueues of a virtio-net device (0: RX,
+frames to the guest; 1: TX, frames from it), and from then on the data never
+passes through QEMU: we read the guest's TX buffers and fill its RX buffers
+in its memory, woken by its kick eventfds, waking it through call eventfds.
+Facts: ../shared/docs/vhost-user.md and QEMU's docs/interop/vhost-user.rst.
+
+This module has two halves:
+
+* ``Session``: the control channel, sans-IO. ``handle(request, flags,
+  payload, fds)`` applies one message and returns the reply bytes (or None)
+  plus what the I/O half must do (map memory, watch a kick fd, start or stop
+  a ring). Every request upstream passt handles is handled; an unknown
+  request or a payload of the wrong size is answered with a failure when the
+  front end asked for a reply, counted (``drop.vhost-*``) and otherwise
+  ignored; fds that come with a message are closed unless kept.
+* ``VhostUserFrontend``: the socket, the memory mappings, the eventfds and
+  the data path, with the virtqueues in the ``passtcore.virtq`` kernel (Cython,
+  with a pure twin): a kick on TX pops up to ``TX_BATCH`` frames into one
+  buffer and hands them to the dispatcher as one batch (the front-end
+  interface of io/frontend.py); frames the engines commit are copied from the
+  slots into the guest's RX buffers (MRG_RXBUF: a frame may span several).
+
+Features offered: VERSION_1, MRG_RXBUF, INDIRECT_DESC, EVENT_IDX and
+PROTOCOL_FEATURES, with the REPLY_ACK protocol feature. Not yet: the
+checksum/TSO offloads, live migration (SET_DEVICE_STATE_FD answers "not
+supported"), zero-copy RX.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+import socket
+import struct
+from array import array
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import passtcore
+from passtcore.run.counters import Counters
+from passtcore.run.io.frontend import Frontend, OnBatch
+from passtcore.run.io.loop import Loop
+
+log = logging.getLogger("passtcore.run")
+
+# requests (vhost-user.rst, "Front-end message types")
+GET_FEATURES, SET_FEATURES, SET_OWNER, RESET_OWNER, SET_MEM_TABLE = 1, 2, 3, 4, 5
+SET_LOG_BASE, SET_LOG_FD, SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE = 6, 7, 8, 9, 10
+GET_VRING_BASE, SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ERR = 11, 12, 13, 14
+GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, SET_VRING_ENABLE = 15, 16, 17, 18
+SEND_RARP, SET_DEVICE_STATE_FD, CHECK_DEVICE_STATE = 19, 42, 43
+NAMES = {v: k for k, v in list(globals().items()) if k.isupper() and isinstance(v, int)
+         and 0 < v < 64}
+
+VERSION = 0x1
+F_REPLY = 0x4
+F_NEED_REPLY = 0x8
+HDR = struct.Struct("<III")
+MAX_PAYLOAD = 4096          # the largest message we take (a memory table is 264 bytes)
+MAX_FDS = 8
+
+# virtio-net / vhost feature bits
+F_MRG_RXBUF = 1 << 15
+F_INDIRECT_DESC = 1 << 28
+F_EVENT_IDX = 1 << 29
+F_PROTOCOL_FEATURES = 1 << 30
+F_VERSION_1 = 1 << 32
+FEATURES = F_VERSION_1 | F_MRG_RXBUF | F_INDIRECT_DESC | F_EVENT_IDX | F_PROTOCOL_FEATURES
+PROTOCOL_F_REPLY_ACK = 1 << 3
+PROTOCOL_FEATURES = PROTOCOL_F_REPLY_ACK
+NUM_QUEUES = 2
+RX, TX = 0, 1
+VRING_NOFD = 0x100
+VRING_IDX_MASK = 0xFF
+
+TX_BATCH = 64               # frames per pop, per batch
+TX_ROUNDS = 16              # pops per kick at most (the loop serves the others in between)
+FRAME_MAX = 65536 + 14
+
+
+class VhostError(Exception):
+    """A message that cannot be applied: ``reason`` is its counter name."""
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+
+
+class Ring:
+    """What the front end told us about one virtqueue."""
+
+    __slots__ = ("num", "desc", "used", "avail", "base", "kick", "call", "enabled", "started",
+                 "queue")
+
+    def __init__(self) -> None:
+        self.num = 0
+        self.desc = self.used = self.avail = 0
+        self.base = 0
+        self.kick = -1          # eventfd from the guest ("buffers available"), -1: none
+        self.call = -1          # eventfd to the guest ("buffers used"), -1: none (polling)
+        self.enabled = False
+        self.started = False    # has a kick fd (the ring runs once enabled, too)
+        self.queue: Any = None  # passtcore.virtq.Virtqueue, built on first use
+
+
+class Session:
+    """The control channel's state machine (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.features = 0
+        self.protocol_features = 0
+        self.owner = False
+        self.regions: list[tuple[int, int, int, int, int]] = []  # gpa, size, uva, offset, fd
+        self.rings = [Ring() for _ in range(NUM_QUEUES)]
+        self.dirty_memory = False   # a new table: the I/O half re-maps and rebuilds the queues
+
+    def reply_ack(self) -> bool:
+        return bool(self.protocol_features & PROTOCOL_F_REPLY_ACK)
+
+    @staticmethod
+    def _u64(payload: bytes) -> int:
+        if len(payload) != 8:
+            raise VhostError("vhost-bad-size")
+        return struct.unpack("<Q", payload)[0]
+
+    def _ring(self, index: int) -> Ring:
+        if not 0 <= index < NUM_QUEUES:
+            raise VhostError("vhost-bad-ring", f"ring {index} does not exist")
+        return self.rings[index]
+
+    def handle(self, request: int, payload: bytes, fds: list[int]) -> tuple[bytes | None, list[int]]:
+        """Apply one message: (reply payload or None, fds to close). Fds not
+        returned are kept (memory regions, kick/call eventfds)."""
+        if request == GET_FEATURES:
+            return struct.pack("<Q", FEATURES), fds
+        if request == SET_FEATURES:
+            value = self._u64(payload)
+            if value & ~FEATURES:
+                raise VhostError("vhost-bad-features", f"features {value:#x} were not offered")
+            self.features = value
+            return None, fds
+        if request == GET_PROTOCOL_FEATURES:
+            return struct.pack("<Q", PROTOCOL_FEATURES), fds
+        if request == SET_PROTOCOL_FEATURES:
+            self.protocol_features = self._u64(payload) & PROTOCOL_FEATURES
+            return None, fds
+        if request == GET_QUEUE_NUM:
+            return struct.pack("<Q", NUM_QUEUES), fds
+        if request == SET_OWNER:
+            self.owner = True
+            return None, fds
+        if request == RESET_OWNER:
+            self.owner = False
+            return None, fds
+        if request == SET_MEM_TABLE:
+            return None, self._mem_table(payload, fds)
+        if request in (SET_LOG_BASE, SET_LOG_FD, SET_VRING_ERR, SEND_RARP):
+            return None, fds   # dirty logging is for migration (not offered); RARP: nothing to do
+        if request == SET_VRING_NUM:
+            index, num = self._state(payload)
+            if num == 0 or num > 32768 or num & (num - 1):
+                raise VhostError("vhost-bad-ring", f"ring size {num}")
+            ring = self._ring(index)
+            ring.num, ring.queue = num, None
+            return None, fds
+        if request == SET_VRING_BASE:
+            index, num = self._state(payload)
+            ring = self._ring(index)
+            ring.base, ring.queue = num & 0xFFFF, None
+            return None, fds
+        if request == SET_VRING_ADDR:
+            if len(payload) != 40:
+                raise VhostError("vhost-bad-size")
+            index, _flags, desc, used, avail, _log = struct.unpack("<IIQQQQ", payload)
+            ring = self._ring(index)
+            ring.desc, ring.used, ring.avail, ring.queue = desc, used, avail, None
+            return None, fds
+        if request == GET_VRING_BASE:
+            index, _ = self._state(payload)
+            ring = self._ring(index)
+            base = ring.queue.last_avail if ring.queue is not None else ring.base
+            ring.base, ring.started, ring.enabled, ring.queue = base, False, False, None
+            close = fds + ([ring.kick] if ring.kick >= 0 else [])
+            ring.kick = -1
+            return struct.pack("<II", index, base), close
+        if request in (SET_VRING_KICK, SET_VRING_CALL):
+            value = self._u64(payload)
+            ring = self._ring(value & VRING_IDX_MASK)
+            nofd = bool(value & VRING_NOFD)
+            if not nofd and len(fds) != 1:
+                raise VhostError("vhost-bad-fds", "a vring fd message needs exactly one fd")
+            fd = -1 if nofd else fds[0]
+            rest = fds[1:] if not nofd else fds
+            if request == SET_VRING_KICK:
+                old, ring.kick = ring.kick, fd
+                ring.started = True
+                if not self.features & F_PROTOCOL_FEATURES:
+                    ring.enabled = True   # without PROTOCOL_FEATURES a kick fd starts the ring
+            else:
+                old, ring.call = ring.call, fd
+            return None, rest + ([old] if old >= 0 else [])
+        if request == SET_VRING_ENABLE:
+            index, num = self._state(payload)
+            self._ring(index).enabled = bool(num)
+            return None, fds
+        if request in (SET_DEVICE_STATE_FD, CHECK_DEVICE_STATE):
+            raise VhostError("vhost-no-migration", "device state transfer is not offered")
+        raise VhostError("vhost-unknown-request", f"request {request}")
+
+    @staticmethod
+    def _state(payload: bytes) -> tuple[int, int]:
+        if len(payload) != 8:
+            raise VhostError("vhost-bad-size")
+        return struct.unpack("<II", payload)
+
+    def _mem_table(self, payload: bytes, fds: list[int]) -> list[int]:
+        if len(payload) < 8:
+            raise VhostError("vhost-bad-size")
+        nregions, _pad = struct.unpack_from("<II", payload)
+        if not 0 < nregions <= MAX_FDS or len(payload) != 8 + 32 * nregions:
+            raise VhostError("vhost-bad-size", f"{nregions} memory regions in {len(payload)} bytes")
+        if len(fds) != nregions:
+            raise VhostError("vhost-bad-fds", f"{nregions} regions but {len(fds)} fds")
+        regions = []
+        for k in range(nregions):
+            gpa, size, uva, offset = struct.unpack_from("<QQQQ", payload, 8 + 32 * k)
+            if size == 0 or size > 1 << 48 or offset > 1 << 48:
+                raise VhostError("vhost-bad-region", f"region {k}: size {size} offset {offset}")
+            regions.append((gpa, size, uva, offset, fds[k]))
+        old = [r[4] for r in self.regions]
+        self.regions = regions
+        for ring in self.rings:
+            ring.queue = None      # its pointers were into the old mappings
+        self.dirty_memory = True
+        return old                 # the new fds are kept; the old ones go
+
+
+class VhostUserFrontend(Frontend):
+    """A vhost-user back end on a listening socket, one front end (QEMU) at a time."""
+
+    tso = False
+
+    def __init__(self, loop: Loop, counters: Counters, on_batch: OnBatch | None = None,
+                 listener: socket.socket | None = None, one_off: bool = False,
+                 on_exit: Callable[[], Any] | None = None) -> None:
+        if listener is None:
+            raise ValueError("VhostUserFrontend needs a listening socket")
+        super().__init__(counters, on_batch)
+        self.loop = loop
+        self.listener = listener
+        listener.setblocking(False)
+        self.one_off = one_off
+        self.on_exit = on_exit or (lambda: loop.stop(0))
+        self.conn: socket.socket | None = None
+        self.session = Session()
+        self.vq = passtcore.virtq
+        self.mem: Any = None
+        self.maps: list[mmap.mmap] = []
+        self.rbuf = mmap.mmap(-1, TX_BATCH * FRAME_MAX, mmap.MAP_PRIVATE)
+        self.rview = memoryview(self.rbuf)
+        self.offsets = array("q", bytes(8 * TX_BATCH))
+        self.lengths = array("q", bytes(8 * TX_BATCH))
+        self.slot_offsets = array("q", [i * self.stride + self.HEADROOM
+                                        for i in range(self.nslots)])
+        self._watched: dict[int, int] = {}   # kick fd -> ring index
+
+    # -- connection ------------------------------------------------------------
+    def start(self) -> None:
+        self.loop.add_reader(self.listener.fileno(), self._accept)
+
+    @property
+    def connected(self) -> bool:
+        ring = self.session.rings[RX]
+        return self.conn is not None and ring.enabled and self._queue(RX) is not None
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("accept failed: %s", exc)
+            return
+        if self.conn is not None:
+            log.info("vhost-user: discarding a second connection")
+            self.counters.inc("clients_discarded")
+            sock.close()
+            return
+        log.info("vhost-user: front end connected")
+        self.counters.inc("clients")
+        sock.setblocking(False)
+        self.conn = sock
+        self.session = Session()
+        self.loop.add_reader(sock.fileno(), self._on_message)
+
+    def _disconnect(self, why: str) -> None:
+        if self.conn is None:
+            return
+        log.info("vhost-user: front end gone (%s)", why)
+        self.loop.remove_reader(self.conn.fileno())
+        self.conn.close()
+        self.conn = None
+        self._reset()
+        if self.one_off:
+            self.on_exit()
+        else:
+            log.info("vhost-user: waiting for a new connection")
+
+    def _reset(self) -> None:
+        for ring in self.session.rings:
+            for fd in (ring.kick, ring.call):
+                if fd >= 0:
+                    self._unwatch(fd)
+                    _close(fd)
+            ring.kick = ring.call = -1
+            ring.queue = None
+        self._unmap()
+        for r in self.session.regions:
+            _close(r[4])
+        self.session = Session()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.loop.remove_reader(self.conn.fileno())
+            self.conn.close()
+            self.conn = None
+        self._reset()
+
+    # -- control messages --------------------------------------------------------
+    def _on_message(self) -> None:
+        sock = self.conn
+        assert sock is not None
+        try:
+            head, fds, mflags, _ = socket.recv_fds(sock, HDR.size, MAX_FDS,
+                                                   socket.MSG_CMSG_CLOEXEC)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._disconnect(str(exc))
+            return
+        if not head:
+            for fd in fds:
+                _close(fd)
+            self._disconnect("EOF")
+            return
+        if len(head) < HDR.size or mflags & socket.MSG_CTRUNC:
+            for fd in fds:
+                _close(fd)
+            self.counters.drop("vhost-bad-message")
+            self._disconnect("a truncated message header")
+            return
+        request, flags, size = HDR.unpack(head)
+        if size > MAX_PAYLOAD or flags & 0x3 != VERSION:
+            for fd in fds:
+                _close(fd)
+            self.counters.drop("vhost-bad-message")
+            self._disconnect(f"a message the protocol cannot have (request {request}, "
+                             f"flags {flags:#x}, {size} bytes)")
+            return
+        payload = _recv_exact(sock, size) if size else b""
+        if payload is None:
+            for fd in fds:
+                _close(fd)
+            self._disconnect("EOF in a message")
+            return
+        self._apply(request, flags, payload, list(fds))
+
+    def _apply(self, request: int, flags: int, payload: bytes, fds: list[int]) -> None:
+        s = self.session
+        name = NAMES.get(request, str(request))
+        failed = False
+        try:
+            reply, close = s.handle(request, payload, fds)
+        except VhostError as exc:
+            self.counters.drop(exc.reason)
+            log.debug("vhost-user: %s refused: %s", name, exc)
+            reply, close, failed = None, fds, True
+        for fd in close:
+            _close(fd)
+        log.debug("vhost-user: %s (%d bytes%s)", name, len(payload),
+                  ", failed" if failed else "")
+        if s.dirty_memory:
+            s.dirty_memory = False
+            if not self._map():
+                failed = True
+        self._sync_rings()
+        if reply is not None:
+            self._send(request, reply)
+        elif flags & F_NEED_REPLY and s.reply_ack():
+            self._send(request, struct.pack("<Q", 1 if failed else 0))
+        elif failed and request in (GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM,
+                                    GET_VRING_BASE):
+            self._send(request, struct.pack("<Q", 0))
+        if request == GET_VRING_BASE:
+            self._unwatch_stopped()
+
+    def _send(self, request: int, payload: bytes) -> None:
+        if self.conn is None:
+            return
+        try:
+            self.conn.sendall(HDR.pack(request, VERSION | F_REPLY, len(payload)) + payload)
+        except OSError as exc:
+            self._disconnect(f"reply failed: {exc}")
+
+    # -- memory and rings -----------------------------------------------------------
+    def _unmap(self) -> None:
+        for ring in self.session.rings:
+            ring.queue = None
+        if self.mem is not None:
+            self.mem.clear()
+            self.mem = None
+        for m in self.maps:
+            try:
+                m.close()
+            except BufferError:   # a view still exported: dropped with the last reference
+                pass
+        self.maps = []
+
+    def _map(self) -> bool:
+        self._unmap()
+        mem = self.vq.GuestMemory()
+        try:
+            for gpa, size, uva, offset, fd in self.session.regions:
+                m = mmap.mmap(fd, size + offset, mmap.MAP_SHARED,
+                              mmap.PROT_READ | mmap.PROT_WRITE)
+                self.maps.append(m)
+                mem.add(gpa, size, uva, memoryview(m)[offset:offset + size])
+        except (OSError, ValueError, self.vq.VirtqError) as exc:
+            log.warning("vhost-user: can't map guest memory: %s", exc)
+            self.counters.drop("vhost-bad-region")
+            mem.clear()
+            self._unmap()
+            return False
+        self.mem = mem
+        log.debug("vhost-user: %d memory regions mapped", len(mem))
+        return True
+
+    def _queue(self, index: int) -> Any:
+        ring = self.session.rings[index]
+        if ring.queue is None and ring.num and ring.desc and self.mem is not None:
+            try:
+                ring.queue = self.vq.Virtqueue(
+                    self.mem, ring.num, ring.desc, ring.avail, ring.used,
+                    event_idx=bool(self.session.features & F_EVENT_IDX), last_avail=ring.base)
+            except self.vq.VirtqError as exc:
+                log.warning("vhost-user: ring %d: %s", index, exc)
+                self.counters.drop("vhost-bad-ring")
+                ring.num = 0
+        return ring.queue
+
+    def _sync_rings(self) -> None:
+        """Watch the kick fd of every running ring; forget the others."""
+        for index, ring in enumerate(self.session.rings):
+            if ring.kick >= 0 and ring.kick not in self._watched:
+                self._watched[ring.kick] = index
+                self.loop.add_reader(ring.kick, lambda fd=ring.kick: self._on_kick(fd))
+        for fd in [fd for fd, i in self._watched.items() if self.session.rings[i].kick != fd]:
+            self._unwatch(fd)
+
+    def _unwatch_stopped(self) -> None:
+        self._sync_rings()
+
+    def _unwatch(self, fd: int) -> None:
+        if self._watched.pop(fd, None) is not None:
+            self.loop.remove_reader(fd)
+
+    def _on_kick(self, fd: int) -> None:
+        try:
+            os.read(fd, 8)
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._unwatch(fd)
+            return
+        index = self._watched.get(fd)
+        if index == TX:
+            self._tx()
+        elif index == RX:
+            pass   # new receive buffers: frames that found none were dropped and counted
+
+    def _call(self, index: int, q: Any) -> None:
+        ring = self.session.rings[index]
+        if ring.call >= 0 and q.need_call():
+            try:
+                os.write(ring.call, b"\1\0\0\0\0\0\0\0")
+            except OSError:
+                pass
+
+    # -- guest -> host ----------------------------------------------------------------
+    def _tx(self) -> None:
+        ring = self.session.rings[TX]
+        q = self._queue(TX)
+        if q is None or not ring.enabled:
+            return
+        for _ in range(TX_ROUNDS):
+            n = q.pop_tx(self.rview, self.offsets, self.lengths, TX_BATCH)
+            self._count_errors(q)
+            if n:
+                counters = self.counters
+                for i in range(n):
+                    counters.frame_in(self.lengths[i])
+                self._call(TX, q)
+                self.on_batch(self.rview, self.offsets, self.lengths, n)
+            if n < TX_BATCH:
+                break
+        self._call(TX, q)
+
+    def _count_errors(self, q: Any) -> None:
+        if q.errors:
+            for reason, n in q.errors.items():
+                self.counters.drop(f"virtq-{reason}", n)
+            q.errors.clear()
+
+    # -- host -> guest ----------------------------------------------------------------
+    def _transmit(self, lengths: Sequence[int], gso_size: int = 0) -> int:
+        ring = self.session.rings[RX]
+        q = self._queue(RX) if self.conn is not None and ring.enabled else None
+        n = len(lengths)
+        if q is None:
+            self.counters.drop("vhost-rx-not-ready", n)
+            return 0
+        lens = lengths if isinstance(lengths, array) else array("q", lengths)
+        done = q.push_rx(self.txview, self.slot_offsets, lens, n,
+                         bool(self.session.features & F_MRG_RXBUF))
+        self._count_errors(q)
+        for i in range(done):
+            self.counters.frame_out(lens[i])
+        if done < n:
+            self.counters.drop("vhost-rx-no-buffer", n - done)
+        self._call(RX, q)
+        return done
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    chunks = []
+    for _ in range(64):     # bounded: a message arrives in a few reads at most
+        try:
+            data = sock.recv(n)
+        except BlockingIOError:
+            import select
+            select.select([sock], [], [], 1.0)
+            continue
+        if not data:
+            return None
+        chunks.append(data)
+        n -= len(data)
+        if not n:
+            return b"".join(chunks)
+    return None
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise
