@@ -27,6 +27,7 @@ cdef extern from *:
     """
     static inline void pc_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
     static inline void pc_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+    static inline void pc_full(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
     static inline uint16_t pc_le16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
     static inline uint32_t pc_le32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
     static inline uint64_t pc_le64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
@@ -35,6 +36,7 @@ cdef extern from *:
     """
     void pc_acquire() noexcept nogil
     void pc_release() noexcept nogil
+    void pc_full() noexcept nogil
     uint16_t pc_le16(const uint8_t* p) noexcept nogil
     uint32_t pc_le32(const uint8_t* p) noexcept nogil
     uint64_t pc_le64(const uint8_t* p) noexcept nogil
@@ -305,6 +307,9 @@ cdef class Virtqueue:
         pc_put16(self.used + 2, self._used_idx)
         if self.event_idx:
             pc_put16(self.used + 4 + 8 * self.num, self._last_avail)
+            # store -> load: the guest may have added buffers before it saw avail_event
+            # and will not kick for them; the caller re-reads the avail index (pending())
+            pc_full()
 
     def need_call(self):
         """Whether the guest asked to be interrupted for the entries used since the
@@ -381,11 +386,13 @@ cdef class Virtqueue:
 
     # -- host -> guest ----------------------------------------------------------------
     def push_rx(self, frames, offsets, lengths, Py_ssize_t count, bint mergeable=True,
-                hdr=bytes(NET_HDR_LEN)):
+                hdr=bytes(NET_HDR_LEN), hdrs=None):
         """See the twin: frames copied into the guest's receive buffers; how many."""
         cdef const int64_t[::1] offs = offsets
         cdef const int64_t[::1] lens = lengths
         cdef const uint8_t[::1] h = hdr
+        cdef const uint8_t[::1] hs
+        cdef const uint8_t* hp
         cdef Py_buffer v
         cdef const uint8_t* src
         cdef Py_ssize_t i, done = 0
@@ -394,6 +401,10 @@ cdef class Virtqueue:
             raise ValueError("count exceeds the offsets/lengths arrays")
         if h.shape[0] > 64:
             raise ValueError("the virtio-net header is at most 64 bytes")
+        if hdrs is not None:
+            hs = hdrs
+            if hs.shape[0] < count * h.shape[0]:
+                raise ValueError("hdrs holds fewer headers than frames")
         PyObject_GetBuffer(frames, &v, PyBUF_SIMPLE)
         src = <const uint8_t*>v.buf
         try:
@@ -402,8 +413,13 @@ cdef class Virtqueue:
                     self._err("bad-source-frame")
                     done += 1
                     continue
-                r = self._rx_one(src + offs[i], lens[i], &h[0] if h.shape[0] else NULL,
-                                 h.shape[0], mergeable)
+                if h.shape[0] == 0:
+                    hp = NULL
+                elif hdrs is None:
+                    hp = &h[0]
+                else:
+                    hp = &hs[i * h.shape[0]]
+                r = self._rx_one(src + offs[i], lens[i], hp, h.shape[0], mergeable)
                 if r == 0:
                     break
                 done += 1

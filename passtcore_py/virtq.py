@@ -27,7 +27,9 @@ ring and used ring. This module is the back end's side of one queue:
   ahead is malformed ("avail-overrun") and the queue stops taking from it.
 * ``need_call()``: whether the guest wants an interrupt for what was just
   used (``VIRTQ_AVAIL_F_NO_INTERRUPT``; with EVENT_IDX, the ``used_event``
-  rule).
+  rule). With EVENT_IDX the guest kicks only when it passes ``avail_event``,
+  which a call publishes: whoever drains a queue checks ``pending()`` once more
+  after the call returns (the Cython kernel orders that read after the store).
 
 The Cython kernel publishes used entries before the used index with a
 release fence and reads the avail index with an acquire fence (the guest runs
@@ -254,14 +256,18 @@ class Virtqueue:
 
     # -- host -> guest ----------------------------------------------------------------
     def push_rx(self, frames: Any, offsets: Any, lengths: Any, count: int,
-                mergeable: bool = True, hdr: bytes = bytes(NET_HDR_LEN)) -> int:
+                mergeable: bool = True, hdr: bytes = bytes(NET_HDR_LEN),
+                hdrs: Any = None) -> int:
         """Copy ``count`` frames (``frames[offsets[i]:][:lengths[i]]``) into the
         guest's receive buffers, each after a copy of ``hdr`` (a virtio-net header
-        whose ``num_buffers`` is filled in here); frames shorter than 60 bytes are
-        padded. Frames that do not fit in what the guest made available wait: the
-        number delivered, in order."""
+        whose ``num_buffers`` is filled in here) or, with ``hdrs``, of its own
+        header (``hdrs[i * len(hdr):][:len(hdr)]``); frames shorter than 60 bytes
+        are padded. Frames that do not fit in what the guest made available wait:
+        the number delivered, in order."""
         src = memoryview(frames).cast("B")
         hdr_len = len(hdr)
+        if hdrs is not None and len(hdrs) < count * hdr_len:
+            raise ValueError("hdrs holds fewer headers than frames")
         done = 0
         for i in range(count):
             off, flen = offsets[i], lengths[i]
@@ -269,7 +275,8 @@ class Virtqueue:
                 self._err("bad-source-frame")
                 done += 1
                 continue
-            if not self._rx_one(src[off:off + flen], hdr, hdr_len, mergeable):
+            h = hdr if hdrs is None else bytes(hdrs[i * hdr_len:(i + 1) * hdr_len])
+            if not self._rx_one(src[off:off + flen], h, hdr_len, mergeable):
                 break
             done += 1
         self._publish()

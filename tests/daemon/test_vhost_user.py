@@ -52,8 +52,13 @@ def guest_image() -> tuple[str, str]:
         pytest.skip(f"no guest image: {exc}")
 
 
-def boot(sb: Sandbox, image: tuple[str, str], sock: str, mac: str = "52:54:00:12:34:56"
-         ) -> tuple[subprocess.Popen[Any], Any]:
+NO_OFFLOADS = ",".join(f"{f}=off" for f in ("csum", "guest_csum", "guest_tso4", "guest_tso6",
+                                             "host_tso4", "host_tso6", "guest_ecn", "host_ecn",
+                                             "guest_ufo", "host_ufo", "mrg_rxbuf"))
+
+
+def boot(sb: Sandbox, image: tuple[str, str], sock: str, mac: str = "52:54:00:12:34:56",
+         device_opts: str = "") -> tuple[subprocess.Popen[Any], Any]:
     from passtcore.sandbox.guest import Console
 
     con = sb.path(f"console-{os.path.basename(sock)}")
@@ -67,7 +72,8 @@ def boot(sb: Sandbox, image: tuple[str, str], sock: str, mac: str = "52:54:00:12
         "-chardev", f"socket,id=con,path={con},server=on,wait=off", "-serial", "chardev:con",
         "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-numa", "node,memdev=mem",
         "-chardev", f"socket,id=c0,path={sock}", "-netdev", "vhost-user,id=n0,chardev=c0",
-        "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=",
+        "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile="
+                   + (f",{device_opts}" if device_opts else ""),
         stdout=open(sb.path("qemu.log"), "ab"), stderr=subprocess.STDOUT)
     try:
         console = Console(con, timeout=30)
@@ -78,13 +84,16 @@ def boot(sb: Sandbox, image: tuple[str, str], sock: str, mac: str = "52:54:00:12
     return q, console
 
 
-@pytest.fixture
-def vm(sandbox: Sandbox, guest_image: tuple[str, str]):
-    """A daemon in vhost-user mode (-t FWD_PORT -u UDP_PORT) and a booted guest with
-    its DHCP lease."""
+@pytest.fixture(params=["offloads", "plain"])
+def vm(sandbox: Sandbox, guest_image: tuple[str, str], request: pytest.FixtureRequest):
+    """A daemon in vhost-user mode (-t FWD_PORT -u UDP_PORT, MTU 1500) and a booted
+    guest with its DHCP lease: once with the device's checksum/TSO offloads and MRG_RXBUF
+    (what QEMU offers by default), once with all of them off (plain frames)."""
     d = sandbox.start_daemon("--vhost-user", "-t", str(FWD_PORT), "-u", str(UDP_PORT),
-                             "--runas", "0", mode="socket")
-    q, con = boot(sandbox, guest_image, d.socket_path)
+                             "-m", "1500", "--runas", "0", mode="socket")
+    q, con = boot(sandbox, guest_image, d.socket_path,
+                  device_opts="" if request.param == "offloads" else NO_OFFLOADS)
+    sandbox.offloads = request.param == "offloads"  # type: ignore[attr-defined]
     rc, out = con.run("udhcpc -i eth0 -n -q -t 5 -T 2 -s /usr/share/udhcpc/default.script", 60)
     assert rc == 0 and "lease 192.0.2.2/24 router 192.0.2.1" in out, out + d.log()[-2000:]
     sandbox.daemon, sandbox.qemu, sandbox.console = d, q, con  # type: ignore[attr-defined]
@@ -144,6 +153,18 @@ def test_tcp_both_ways_and_udp(vm: Sandbox) -> None:
         assert rc == 0 and "198.51.100.77" in out, out
     finally:
         stop_process(dns)
+    c = vm.daemon.counters()
+    log = vm.daemon.log()
+    if vm.offloads:
+        # at MTU 1500, TCP frames of many segments both ways (GSO)
+        assert "TSO/checksum offloads on" in log
+        assert c.get("vhost_gso_out", 0) > 0 and c.get("vhost_gso_in", 0) > 0, c
+        assert c["bytes_out"] / c["frames_out"] > 3000, c
+    else:
+        assert "offloads on" not in log
+        assert c.get("vhost_gso_out", 0) == 0 and c.get("vhost_gso_in", 0) == 0, c
+        assert c["bytes_out"] / c["frames_out"] < 1600, c
+    assert not {k: v for k, v in c.items() if k.startswith("drop.virtq-")}, c
 
 
 # A DNS server that answers every A query with 198.51.100.77 (RFC 1035 4.1).

@@ -45,11 +45,8 @@ IFF_VNET_HDR = 0x4000
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
 
-VNET_HDR = struct.Struct("=BBHHHH")      # struct virtio_net_hdr, native byte order
-VNET_HDR_LEN = VNET_HDR.size             # 10
-F_NEEDS_CSUM = 1
-GSO_NONE, GSO_TCPV4, GSO_TCPV6 = 0, 1, 4
-_PLAIN_HDR = bytes(VNET_HDR_LEN)
+from passtcore.run.io import vnet
+from passtcore.run.io.vnet import GSO_NONE, GSO_TCPV4, GSO_TCPV6, VNET_HDR, VNET_HDR_LEN  # noqa: F401
 
 READ_BATCH = 16          # frames per batch (16 x 64 KiB of buffer, resident once used)
 BATCHES_PER_WAKEUP = 16  # then yield to other descriptors (256 frames)
@@ -141,29 +138,10 @@ class TapFrontend(Frontend):
 
     def _vnet_header(self, i: int, n: int, gso_size: int) -> None:
         """The virtio-net header before slot ``i`` (a frame of ``n`` bytes)."""
+        hdr = vnet.gso_header(self._slots[i], n, gso_size)
+        if hdr is not vnet.PLAIN:
+            self.counters.inc("tap_gso_out")
         base = i * self.stride
-        frame = self._slots[i]
-        hdr = _PLAIN_HDR
-        if gso_size and n > ETH_HLEN + 40 + gso_size:  # maybe more than one segment
-            et = (frame[12] << 8) | frame[13]
-            if et == 0x0800 and frame[23] == 6:
-                l4 = ETH_HLEN + (frame[14] & 0x0F) * 4
-                src, dst = bytes(frame[26:30]), bytes(frame[30:34])
-                pseudo = self._csum.pseudo_sum_v4(src, dst, 6, n - l4)
-                gso = GSO_TCPV4
-            elif et == 0x86DD and frame[20] == 6:
-                l4 = ETH_HLEN + 40
-                src, dst = bytes(frame[22:38]), bytes(frame[38:54])
-                pseudo = self._csum.pseudo_sum_v6(src, dst, 6, n - l4)
-                gso = GSO_TCPV6
-            else:
-                gso = GSO_NONE
-            if gso:
-                hl = l4 + (frame[l4 + 12] >> 4) * 4
-                if n - hl > gso_size:
-                    frame[l4 + 16:l4 + 18] = pseudo.to_bytes(2, "big")  # the kernel completes it
-                    hdr = VNET_HDR.pack(F_NEEDS_CSUM, gso, hl, gso_size, l4, 16)
-                    self.counters.inc("tap_gso_out")
         self.txview[base:base + VNET_HDR_LEN] = hdr
 
     def _transmit(self, lengths: Sequence[int], gso_size: int = 0) -> int:

@@ -24,10 +24,14 @@ This module has two halves:
   interface of io/frontend.py); frames the engines commit are copied from the
   slots into the guest's RX buffers (MRG_RXBUF: a frame may span several).
 
-Features offered: VERSION_1, MRG_RXBUF, INDIRECT_DESC, EVENT_IDX and
-PROTOCOL_FEATURES, with the REPLY_ACK protocol feature. Not yet: the
-checksum/TSO offloads, live migration (SET_DEVICE_STATE_FD answers "not
-supported"), zero-copy RX.
+Features offered: VERSION_1, MRG_RXBUF, INDIRECT_DESC, EVENT_IDX,
+PROTOCOL_FEATURES (with REPLY_ACK) and, beyond passt, the offloads CSUM,
+GUEST_CSUM, HOST_TSO4/6 and GUEST_TSO4/6: a guest at MTU 1500 then sends and
+takes 64 KiB TCP segments (the virtio-net header carries the GSO size,
+``vnet.py``), so the daemon reads and writes 64 KiB per host socket call
+whatever the guest's MTU. A guest that does not ack them gets plain frames.
+Not yet: live migration (SET_DEVICE_STATE_FD answers "not offered") and
+zero-copy RX (frames are built in our slots and copied into guest memory).
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from typing import Any
 
 import passtcore
 from passtcore.run.counters import Counters
+from passtcore.run.io import vnet
 from passtcore.run.io.frontend import Frontend, OnBatch
 from passtcore.run.io.loop import Loop
 
@@ -65,12 +70,20 @@ MAX_PAYLOAD = 4096          # the largest message we take (a memory table is 264
 MAX_FDS = 8
 
 # virtio-net / vhost feature bits
+F_CSUM = 1 << 0             # the guest may send checksum-partial frames (we need no checksums)
+F_GUEST_CSUM = 1 << 1       # ... and takes them
+F_GUEST_TSO4 = 1 << 7       # the guest takes 64 KiB TCP segments (a GSO header says how to cut)
+F_GUEST_TSO6 = 1 << 8
+F_HOST_TSO4 = 1 << 11       # the guest sends them
+F_HOST_TSO6 = 1 << 12
+OFFLOADS = F_CSUM | F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_HOST_TSO4 | F_HOST_TSO6
 F_MRG_RXBUF = 1 << 15
 F_INDIRECT_DESC = 1 << 28
 F_EVENT_IDX = 1 << 29
 F_PROTOCOL_FEATURES = 1 << 30
 F_VERSION_1 = 1 << 32
-FEATURES = F_VERSION_1 | F_MRG_RXBUF | F_INDIRECT_DESC | F_EVENT_IDX | F_PROTOCOL_FEATURES
+FEATURES = (F_VERSION_1 | F_MRG_RXBUF | F_INDIRECT_DESC | F_EVENT_IDX | F_PROTOCOL_FEATURES
+            | OFFLOADS)
 PROTOCOL_F_REPLY_ACK = 1 << 3
 PROTOCOL_FEATURES = PROTOCOL_F_REPLY_ACK
 NUM_QUEUES = 2
@@ -78,6 +91,7 @@ RX, TX = 0, 1
 VRING_NOFD = 0x100
 VRING_IDX_MASK = 0xFF
 
+NET_HDR_LEN = 12            # virtio_net_hdr_mrg_rxbuf (VERSION_1)
 TX_BATCH = 64               # frames per pop, per batch
 TX_ROUNDS = 16              # pops per kick at most (the loop serves the others in between)
 FRAME_MAX = 65536 + 14
@@ -384,6 +398,13 @@ class VhostUserFrontend(Frontend):
             _close(fd)
         log.debug("vhost-user: %s (%d bytes%s)", name, len(payload),
                   ", failed" if failed else "")
+        if request == SET_FEATURES and not failed:
+            # 64 KiB TCP frames to a guest that takes them (whatever its MTU): the
+            # engines build them when the front end says ``tso``
+            want = F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6
+            self.tso = s.features & want == want
+            log.info("vhost-user: features %#x%s", s.features,
+                     " (TSO/checksum offloads on)" if self.tso else "")
         if s.dirty_memory:
             s.dirty_memory = False
             if not self._map():
@@ -502,12 +523,19 @@ class VhostUserFrontend(Frontend):
             self._count_errors(q)
             if n:
                 counters = self.counters
+                lengths = self.lengths
                 for i in range(n):
-                    counters.frame_in(self.lengths[i])
+                    counters.frame_in(lengths[i])
+                    if lengths[i] > 1518:
+                        counters.inc("vhost_gso_in")   # a segment beyond an MTU of 1500
                 self._call(TX, q)
                 self.on_batch(self.rview, self.offsets, self.lengths, n)
-            if n < TX_BATCH:
+            # pending() after the pop: with EVENT_IDX, buffers the guest added before
+            # it saw our avail_event come with no kick
+            if n < TX_BATCH and not q.pending():
                 break
+        else:
+            self.loop.call_later(0, self._tx)   # more to take: after the other descriptors
         self._call(TX, q)
 
     def _count_errors(self, q: Any) -> None:
@@ -525,8 +553,17 @@ class VhostUserFrontend(Frontend):
             self.counters.drop("vhost-rx-not-ready", n)
             return 0
         lens = lengths if isinstance(lengths, array) else array("q", lengths)
+        hdrs = None
+        if self.tso and gso_size:
+            # per frame: a GSO header for a TCP frame longer than one segment
+            hdrs = bytearray(NET_HDR_LEN * n)
+            for i in range(n):
+                h = vnet.gso_header(self._slots[i], lens[i], gso_size)
+                if h is not vnet.PLAIN:
+                    hdrs[NET_HDR_LEN * i:NET_HDR_LEN * i + len(h)] = h
+                    self.counters.inc("vhost_gso_out")
         done = q.push_rx(self.txview, self.slot_offsets, lens, n,
-                         bool(self.session.features & F_MRG_RXBUF))
+                         bool(self.session.features & F_MRG_RXBUF), hdrs=hdrs)
         self._count_errors(q)
         for i in range(done):
             self.counters.frame_out(lens[i])

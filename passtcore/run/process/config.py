@@ -189,7 +189,16 @@ def host_defaults(opts: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     ip = iproute.ip_binary()
     if ip is not None:
         try:  # iproute2's JSON: milliseconds, where importing pyroute2 takes ~250 ms
-            return iproute.query_host(ip, if4, if6, opts.ipv4_only, opts.ipv6_only)
+            import time
+
+            for _ in range(15):
+                h4, h6 = iproute.query_host(ip, if4, if6, opts.ipv4_only, opts.ipv6_only)
+                # An interface that has just come up gets its link-local address a
+                # moment later (addrconf, on carrier): wait for it, 300 ms at most.
+                if not h6.get("addr") or h6.get("ll"):
+                    break
+                time.sleep(0.02)
+            return h4, h6
         except (iproute.IprouteError, OSError, ValueError, KeyError) as exc:
             import logging
 
