@@ -44,8 +44,13 @@ from passtcore_py.fastpath import (ACT_TIMEOUT, EV_ACK, EV_HOLD, EV_PUSH, EV_RES
 
 __all__ = [
     "TcpConn", "UdpFlow", "FastPath", "EV_PUSH", "EV_HOLD", "EV_RESET", "EV_ACK",
-    "PUSH_INFLIGHT", "PUSH_READ", "PUSH_NOREAD", "window_to_guest",
+    "PUSH_INFLIGHT", "PUSH_READ", "PUSH_NOREAD", "window_to_guest", "read_frames",
+    "write_frames", "IoResult",
 ]
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void* buf, size_t n)
+    ssize_t write(int fd, const void* buf, size_t n)
 
 cdef extern from "<sys/ioctl.h>" nogil:
     int ioctl(int fd, unsigned long request, ...)
@@ -93,6 +98,7 @@ cdef enum:
     FP_ACK = 2
     FP_PUSH = 4
     FP_DEFER = 8
+    DEFER_MAX = 1024       # a request, not a bulk segment: at most this much to defer its ACK
     SO_RCVLOWAT = 18
     FIONREAD = 0x541B
     C_PUSH_INFLIGHT = 1
@@ -759,7 +765,7 @@ cdef class FastPath:
                     small = False
                 else:
                     c.fp_flags &= ~FP_ACK
-                    small = c.fp_batch < c.mss
+                    small = c.fp_batch < c.mss and c.fp_batch <= DEFER_MAX
                     c.fp_batch = 0
                 if c.sock is None or c.events & CLOSED or c.ack_due:
                     continue   # gone, or the engine's own ACK is queued and covers it
@@ -955,3 +961,96 @@ cdef class FastPath:
             if setsockopt(<int>c.fd, SOL_SOCKET, SO_RCVLOWAT, &lw, sizeof(int)) == 0:
                 c.lowat = lowat
         return True
+
+
+# -- frame I/O on a descriptor that keeps frame boundaries (a tap) -------------------
+
+@cython.final
+cdef class IoResult:
+    """See the twin."""
+    cdef public long long frames, nbytes, runts, gso, failed, error
+    cdef public bint drained
+
+    def __init__(self):
+        self.frames = self.nbytes = self.runts = self.gso = self.failed = self.error = 0
+        self.drained = False
+
+
+def read_frames(int fd, buf, Py_ssize_t stride, Py_ssize_t headroom, Py_ssize_t max_frames,
+                offsets, lengths, IoResult res not None):
+    """See the twin: up to ``max_frames`` frames read, one ``read`` each."""
+    cdef int64_t[::1] offs = offsets
+    cdef int64_t[::1] lens = lengths
+    cdef Py_buffer v
+    cdef uint8_t* b
+    cdef Py_ssize_t count = 0, k
+    cdef ssize_t n
+    cdef int e
+    if stride <= headroom or headroom < 0:
+        raise ValueError("stride must exceed headroom")
+    if max_frames > offs.shape[0]:
+        max_frames = offs.shape[0]
+    if max_frames > lens.shape[0]:
+        max_frames = lens.shape[0]
+    b = wbuf(buf, &v)
+    res.frames = res.nbytes = res.runts = res.gso = res.error = 0
+    res.drained = False
+    try:
+        if max_frames * stride > v.len:
+            raise ValueError("the buffer is shorter than max_frames slots")
+        for k in range(max_frames + 64):
+            if count >= max_frames:
+                break
+            n = read(fd, b + count * stride, <size_t>stride)
+            if n < 0:
+                e = errno
+                if e == EINTR:
+                    continue
+                if e == EAGAIN:
+                    res.drained = True
+                else:
+                    res.error = e
+                break
+            n -= headroom
+            if n < 14:
+                res.runts += 1
+                continue
+            if headroom and b[count * stride + 1]:
+                res.gso += 1
+            offs[count] = count * stride + headroom
+            lens[count] = n
+            res.nbytes += n
+            count += 1
+    finally:
+        PyBuffer_Release(&v)
+    res.frames = count
+    return count
+
+
+def write_frames(int fd, buf, Py_ssize_t first, Py_ssize_t stride, lengths, Py_ssize_t count,
+                 Py_ssize_t headroom, IoResult res not None):
+    """See the twin: ``count`` frames written, one ``write`` each."""
+    cdef const int64_t[::1] lens = lengths
+    cdef Py_buffer v
+    cdef const uint8_t* b
+    cdef Py_ssize_t k, base
+    cdef ssize_t r
+    if count > lens.shape[0]:
+        raise ValueError("count exceeds lengths")
+    PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
+    b = <const uint8_t*>v.buf
+    res.frames = res.nbytes = res.failed = 0
+    try:
+        for k in range(count):
+            base = first + k * stride
+            if base < headroom or lens[k] < 0 or base + lens[k] > v.len:
+                raise ValueError("a frame does not fit in the buffer")
+            r = write(fd, b + base - headroom, <size_t>(headroom + lens[k]))
+            if r < 0:
+                res.failed += 1
+                continue
+            res.frames += 1
+            res.nbytes += lens[k]
+    finally:
+        PyBuffer_Release(&v)
+    return res.frames

@@ -49,6 +49,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import mmap
+import os
 import socket
 import struct
 from typing import Any
@@ -58,7 +59,8 @@ from passtcore_py.flowtable import FlowTable
 
 __all__ = [
     "TcpConn", "UdpFlow", "FastPath", "EV_PUSH", "EV_HOLD", "EV_RESET", "EV_ACK",
-    "PUSH_INFLIGHT", "PUSH_READ", "PUSH_NOREAD", "window_to_guest",
+    "PUSH_INFLIGHT", "PUSH_READ", "PUSH_NOREAD", "window_to_guest", "read_frames",
+    "write_frames", "IoResult",
 ]
 
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -239,6 +241,7 @@ FP_PEND = 1     # data queued in this call
 FP_ACK = 2      # an ACK is due after the batch
 FP_PUSH = 4     # a PUSH event is due after the batch
 FP_DEFER = 8    # the ACK waits for ``flush_deferred`` (or a data frame that carries it)
+DEFER_MAX = 1024  # a request, not a bulk segment: at most this much to defer its ACK
 SO_RCVLOWAT = 18
 FIONREAD = 0x541B
 
@@ -524,8 +527,9 @@ class FastPath:
         most ``nslots``; their lengths in ``out``): how many. Call again while it
         returns ``nslots``. When no ACK is left, the PUSH events are queued.
 
-        A flow that got less than one MSS in the batch (a request, typically) is
-        not acknowledged now: its ACK is deferred (``deferred``, then
+        A flow that got less than one MSS in the batch, and at most DEFER_MAX
+        bytes (a request, typically, not the tail of a bulk write) is not
+        acknowledged now: its ACK is deferred (``deferred``, then
         ``flush_deferred``), and the reply's first frame usually carries it."""
         k = 0
         acks = self._acks
@@ -535,7 +539,7 @@ class FastPath:
                 break
             taken += 1
             c.fp_flags &= ~FP_ACK
-            small, c.fp_batch = c.fp_batch < c.mss, 0
+            small, c.fp_batch = c.fp_batch < c.mss and c.fp_batch <= DEFER_MAX, 0
             if c.sock is None or c.events & CLOSED or c.ack_due:
                 continue  # gone, or the engine's own ACK is queued and covers it
             if c.held is not None:
@@ -680,3 +684,74 @@ class FastPath:
 
     def stats(self) -> dict[str, int]:
         return {"attached": len(self.objs), "forwarded": len(self.fwd)}
+
+
+# -- frame I/O on a descriptor that keeps frame boundaries (a tap) -------------------
+
+class IoResult:
+    """What ``read_frames``/``write_frames`` did: frames, bytes (without headroom),
+    runts (reads shorter than an Ethernet header), gso (reads whose virtio-net
+    header announces a segment beyond the MTU), failed (writes the device refused:
+    full or an error), error (the errno of a read error that ends the device, else 0) and
+    drained (the read stopped at EAGAIN)."""
+
+    __slots__ = ("frames", "nbytes", "runts", "gso", "failed", "error", "drained")
+
+    def __init__(self) -> None:
+        self.frames = self.nbytes = self.runts = self.gso = self.failed = self.error = 0
+        self.drained = False
+
+
+def read_frames(fd: int, buf: Any, stride: int, headroom: int, max_frames: int,
+                offsets: Any, lengths: Any, res: IoResult) -> int:
+    """Read up to ``max_frames`` frames from ``fd`` (one ``read`` each) into
+    ``buf`` at ``k * stride``; frame ``k`` is at ``offsets[k]`` (after
+    ``headroom`` bytes: a virtio-net header), ``lengths[k]`` long. Runts are
+    skipped and counted. The number of frames; ``res`` says the rest."""
+    view = memoryview(buf)
+    res.frames = res.nbytes = res.runts = res.gso = res.error = 0
+    res.drained = False
+    count = 0
+    for _ in range(max_frames + 64):   # bounded: runts take no slot
+        if count >= max_frames or count >= len(offsets):
+            break
+        slot = view[count * stride:(count + 1) * stride]
+        try:
+            n = os.readv(fd, (slot,)) - headroom
+        except (BlockingIOError, InterruptedError):
+            res.drained = True
+            break
+        except OSError as exc:
+            res.error = exc.errno or -1
+            break
+        if n < 14:
+            res.runts += 1
+            continue
+        if headroom and slot[1]:
+            res.gso += 1
+        offsets[count] = count * stride + headroom
+        lengths[count] = n
+        res.nbytes += n
+        count += 1
+    res.frames = count
+    return count
+
+
+def write_frames(fd: int, buf: Any, first: int, stride: int, lengths: Any, count: int,
+                 headroom: int, res: IoResult) -> int:
+    """Write ``count`` frames (frame ``k``: ``lengths[k]`` bytes at ``first + k *
+    stride``, with the ``headroom`` bytes before it) with one ``write`` each: the
+    number written; refused ones are counted in ``res.failed``."""
+    view = memoryview(buf)
+    res.frames = res.nbytes = res.failed = 0
+    for k in range(count):
+        base = first + k * stride
+        n = lengths[k]
+        try:
+            os.write(fd, view[base - headroom:base + n])
+        except OSError:
+            res.failed += 1
+            continue
+        res.frames += 1
+        res.nbytes += n
+    return res.frames
