@@ -32,7 +32,9 @@ measures them side by side in one run:
 | `pasta` | Debian's `pasta -f --runas 0 --config-net -m MTU -t none -u none -T none -U none --netns <guest>` | 192.0.2.1 (same mapping) |
 | `slirp4netns` | `slirp4netns --configure --mtu=MTU --netns-type=path <guest> tap0` | 10.0.2.2 (-> host loopback) |
 | `veth` | a plain veth pair host ns <-> guest ns (no translation: the upper bound) | 198.51.100.1 |
-| `baseline` | with `--baseline EXE`: another passtcore-run build (e.g. an older checkout), as `passtcore` | 192.0.2.1 |
+| `baseline` | with `--baseline EXE`: another passtcore-run build (e.g. an older checkout, or a wrapper setting `PASSTCORE_NO_FASTPATH=1`), as `passtcore` | 192.0.2.1 |
+| `pasta-upstream` | with `--pasta-upstream EXE`: your own upstream pasta build, run as Debian's | 192.0.2.1 |
+| `passtcore-stream`, `passt`, `passt-upstream` | the daemon on its QEMU stream socket (`-s`); the guest's tap is joined to it by a QEMU without a machine (`-M none`, hub); `passt-upstream` with `--passt-upstream EXE` | 192.0.2.1 |
 
 passtcore-run uses the tap's checksum/TSO offloads (64 KiB segments at any
 guest MTU); Debian's pasta has none.
