@@ -23,15 +23,27 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # vhost-user under TCG needs QEMU >= 9 (Debian 12's 7.2 crashes when the guest driver
 # starts the device): QEMU 10 from bookworm-backports (docs/deploy-kubevirt.md).
-if ! qemu-system-x86_64 --version 2>/dev/null | grep -Eq 'version (9|[1-9][0-9])\.'; then
-  src=/etc/apt/sources.list.d/passtcore-backports.sources
+ensure_backports() {
   if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
     printf '%s\n' "Types: deb" "URIs: http://deb.debian.org/debian" \
       "Suites: bookworm-backports" "Components: main" \
-      "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" > "$src"
+      "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" \
+      > /etc/apt/sources.list.d/passtcore-backports.sources
   fi
-  echo "passtcore: installing QEMU 10 from bookworm-backports"
   apt-get update -qq
+}
+if ! qemu-system-x86_64 --version 2>/dev/null | grep -Eq 'version (9|[1-9][0-9])\.'; then
+  echo "passtcore: installing QEMU 10 from bookworm-backports"
+  ensure_backports
   apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
 fi
-echo "passtcore: system packages ready ($(qemu-system-x86_64 --version | head -1))"
+# libvirt 11 (bookworm-backports) for the end-to-end test of the sidecar's vhost-user
+# domain: libvirt >= 11.1 starts passt for <interface type="vhostuser">.
+if ! libvirtd --version 2>/dev/null | grep -Eq ' (1[1-9]|[2-9][0-9])\.'; then
+  echo "passtcore: installing libvirt 11 from bookworm-backports"
+  ensure_backports
+  apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients >/dev/null
+fi
+echo "passtcore: system packages ready ($(qemu-system-x86_64 --version | head -1);" \
+  "libvirt $(libvirtd --version 2>/dev/null | awk '{print $NF}'))"
