@@ -272,3 +272,28 @@ def test_print_capabilities() -> None:
     r = subprocess.run([daemon_binary(), "--print-capabilities"], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 0 and r.stdout.replace(" ", "").replace("\n", "") == '{"type":"net"}'
+
+
+def test_qemu_killed_and_restarted_gets_a_link_again(sandbox: Sandbox, guest_image) -> None:
+    """Without --one-off the daemon outlives its front end: QEMU killed mid-flight
+    (no GET_VRING_BASE, no goodbye), a new QEMU gets a working link; the old
+    guest memory is unmapped, its fds closed."""
+    d = sandbox.start_daemon("--vhost-user", "--runas", "0", mode="socket")
+    for round_ in range(2):
+        q, con = boot(sandbox, guest_image, d.socket_path)
+        try:
+            rc, out = con.run("udhcpc -i eth0 -n -q -t 5 -T 2 -s /usr/share/udhcpc/default.script"
+                              " && ping -c 1 -W 3 192.0.2.1", 60)
+            assert rc == 0, (round_, out, d.log()[-1500:])
+        finally:
+            con.close()
+            q.kill()      # SIGKILL: QEMU says nothing to the daemon
+            q.wait(10)
+        wait_for(lambda: d.log().count("front end gone") > round_, 15, "the daemon to notice")
+        assert d.alive()
+    c = d.counters()
+    assert c["clients"] == 2
+    fds = os.listdir(f"/proc/{d.pid}/fd")
+    maps = open(f"/proc/{d.pid}/maps").read()
+    assert "memfd" not in maps, "guest memory still mapped after the front end left"
+    assert len(fds) < 30, fds
