@@ -94,10 +94,8 @@ class TapFrontend(Frontend):
         self.on_exit = on_exit or (lambda: loop.stop(0))
         self.rbuf = mmap.mmap(-1, READ_BATCH * RSLOT, mmap.MAP_PRIVATE)
         self.rview = memoryview(self.rbuf)
-        self.rslots = [self.rview[i * RSLOT:(i + 1) * RSLOT] for i in range(READ_BATCH)]
         self.offsets, self.lengths = new_index_arrays(READ_BATCH)
         self.closed = False
-        self._csum = passtcore.csum if offload else None
         fp = passtcore.fastpath
         self._read_frames, self._write_frames, self._io = (fp.read_frames, fp.write_frames,
                                                            fp.IoResult())

@@ -394,6 +394,7 @@ class VhostUserFrontend(Frontend):
             self.counters.drop(exc.reason)
             log.debug("vhost-user: %s refused: %s", name, exc)
             reply, close, failed = None, fds, True
+        self._sync_rings()   # stop watching replaced or stopped kick fds before they close
         for fd in close:
             _close(fd)
         log.debug("vhost-user: %s (%d bytes%s)", name, len(payload),
@@ -409,7 +410,6 @@ class VhostUserFrontend(Frontend):
             s.dirty_memory = False
             if not self._map():
                 failed = True
-        self._sync_rings()
         if reply is not None:
             self._send(request, reply)
         elif flags & F_NEED_REPLY and s.reply_ack():
@@ -417,8 +417,6 @@ class VhostUserFrontend(Frontend):
         elif failed and request in (GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM,
                                     GET_VRING_BASE):
             self._send(request, struct.pack("<Q", 0))
-        if request == GET_VRING_BASE:
-            self._unwatch_stopped()
 
     def _send(self, request: int, payload: bytes) -> None:
         if self.conn is None:
@@ -482,9 +480,6 @@ class VhostUserFrontend(Frontend):
                 self.loop.add_reader(ring.kick, lambda fd=ring.kick: self._on_kick(fd))
         for fd in [fd for fd, i in self._watched.items() if self.session.rings[i].kick != fd]:
             self._unwatch(fd)
-
-    def _unwatch_stopped(self) -> None:
-        self._sync_rings()
 
     def _unwatch(self, fd: int) -> None:
         if self._watched.pop(fd, None) is not None:

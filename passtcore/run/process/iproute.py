@@ -51,9 +51,8 @@ def _docs(text: str) -> list[Any]:
     return out
 
 
-def _run(ip: str, args: list[str], script: str | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([ip, *args], stdin=subprocess.PIPE if script is not None else
-                            subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def _run(ip: str, args: list[str], stdin: bool = False) -> subprocess.Popen[str]:
+    return subprocess.Popen([ip, *args], stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, close_fds=True)
 
 
@@ -73,9 +72,10 @@ def query_host(ip: str, if4: str | None, if6: str | None, v4_only: bool, v6_only
                ) -> tuple[dict[str, Any], dict[str, Any]]:
     """What ``config._host_family`` finds, per family: template interface, gateway,
     address and prefix (and the IPv6 link-local address)."""
-    p4 = _run(ip, ["-json", "-batch", "-"], "addr show\nroute show table main\n")
+    script = "addr show\nroute show table main\n"
+    p4 = _run(ip, ["-json", "-batch", "-"], stdin=True)   # both run at once
     p6 = _run(ip, ["-json", "-6", "route", "show", "table", "main"])
-    docs = _docs(_finish(p4, "addr show\nroute show table main\n"))
+    docs = _docs(_finish(p4, script))
     routes6 = json.loads(_finish(p6) or "[]")
     links = docs[0] if docs else []
     routes4 = docs[1] if len(docs) > 1 else []
@@ -148,4 +148,4 @@ def tap_script(ifname: str, mac: bytes | None, config_net: bool, cfg: Any) -> st
 
 def apply(ip: str, script: str) -> None:
     """Run an ``ip -batch`` script in the current network namespace."""
-    _finish(_run(ip, ["-batch", "-"], script), script)
+    _finish(_run(ip, ["-batch", "-"], stdin=True), script)
