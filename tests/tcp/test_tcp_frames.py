@@ -624,3 +624,26 @@ def test_zero_window_is_probed_not_reset(h, server):
     data = [s for s in g.segs(h.new()) if len(s.payload)]
     assert data[0].seq == g.ack and sum(len(s.payload) for s in data) == 4000
     conn.close()
+
+
+def test_lost_final_ack_repeats_syn_ack_and_data_follows(h, server):
+    """The guest's ACK of our SYN-ACK is lost and the guest only receives: the
+    SYN-ACK is repeated, the guest's (duplicate) ACK completes the handshake and
+    the host's data reaches it, instead of a handshake timeout and an RST."""
+    g = Guest(h, server.getsockname()[1])
+    g.send("S", options=[("MSS", 65480), ("WScale", 7)])
+    got = h.wait_for(lambda p: g.mine(p) and p[TCP].flags & SYN)
+    first = g.segs(got)[-1]
+    conn = accept(server, h)
+    conn.sendall(b"hello from the host")
+    h.pump(0.4)  # the first retransmission timeout is 0.25 s; no ACK sent
+    again = [t for t in g.segs(h.new()) if t.flags & SYN]
+    assert again and again[0].flags == "SA" and again[0].seq == first.seq
+    assert h.engine.ctx.counters.get("tcp_syn_ack_retransmits", 0) >= 1
+    g.seq += 1
+    g.ack = first.seq + 1
+    g.send("A")
+    got = h.wait_for(lambda p: g.mine(p) and len(p[TCP].payload) > 0)
+    data = b"".join(bytes(t.payload) for t in g.segs(got))
+    assert data == b"hello from the host"
+    conn.close()

@@ -276,6 +276,8 @@ class TcpEngine:
             self._reset(c)
             return
         c.events = ESTABLISHED
+        c.retries = 0
+        self.inflight.discard(c)
         c.wnd_from_tap = info.tcp_window << c.ws_from_tap
         c.last_progress = c.last_activity
         self._established(c, frame, info)
@@ -352,6 +354,7 @@ class TcpEngine:
                    window=0xFFFF)  # SYN windows are unscaled; passt offers 65535
         c.seq_to_tap = (c.isn + 1) & M32
         c.seq_ack_from_tap = c.seq_to_tap
+        self.inflight.add(c)  # a lost SYN-ACK or a lost final ACK: repeated until answered
 
     def _guest_syn_ack(self, c: Conn, frame: Any, info: Any) -> None:
         flags = info.tcp_flags
@@ -858,6 +861,16 @@ class TcpEngine:
                     c.retries += 1
                     c.last_progress = now
                     self._ctrl(c, SYN, seq=c.isn, options=self._syn_options(c), window=0xFFFF)
+                continue
+            if c.events & TAP_SYN_ACK_SENT and not c.events & (ESTABLISHED | CLOSED):
+                # our SYN-ACK or the guest's ACK of it was lost; a guest that only
+                # receives sends nothing else, so repeat it (its duplicate gets an ACK)
+                if now - c.last_progress >= st.rto(c):
+                    c.retries += 1
+                    c.last_progress = now
+                    self._count("tcp_syn_ack_retransmits")
+                    self._ctrl(c, SYN | ACK, seq=c.isn, options=self._syn_options(c, c.sack),
+                               window=0xFFFF)
                 continue
             if c.events & CLOSED or c.seq_to_tap == c.seq_ack_from_tap:
                 self.inflight.discard(c)
