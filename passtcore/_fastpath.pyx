@@ -32,6 +32,7 @@ from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_
 from posix.uio cimport iovec
 
 from passtcore._flowtable cimport FlowKey, FlowTable, key_fill
+from passtcore._virtq cimport RV_MAX_FRAMES, RV_MAX_SEG, Virtqueue
 from passtcore._kern cimport PInfo, p_frame, pc_csum, pc_fold, pc_store16, pc_store32, wbuf
 
 import socket as _socket
@@ -51,6 +52,11 @@ __all__ = [
 cdef extern from "<unistd.h>" nogil:
     ssize_t read(int fd, void* buf, size_t n)
     ssize_t write(int fd, const void* buf, size_t n)
+
+cdef inline void pc_put16le(uint8_t* p, uint16_t v) noexcept nogil:
+    p[0] = v & 0xFF
+    p[1] = v >> 8
+
 
 cdef extern from "<sys/ioctl.h>" nogil:
     int ioctl(int fd, unsigned long request, ...)
@@ -105,6 +111,7 @@ cdef enum:
     C_PUSH_READ = 2
     C_PUSH_NOREAD = 4
     MAX_BURST = 256
+    ETH_ZLEN = 60
     MAXIOV = 1024          # queued TCP payloads per call (a frame beyond goes to Python)
     FLUSH_BYTES = 32768    # a flow's queue leaves at once past this: the host side keeps
                            # working (another core) while the rest of the batch is read
@@ -812,6 +819,14 @@ cdef class FastPath:
                                Py_ssize_t plen) except -1:
         """Ethernet + IP + TCP (ACK, no options) before ``plen`` payload bytes already
         in place, as headers.build_tcp writes it; the frame length."""
+        return self._build_hdrs(p, c, seq, window, plen, -1, False)
+
+    cdef Py_ssize_t _build_hdrs(self, uint8_t* p, TcpConn c, uint32_t seq, uint32_t window,
+                                Py_ssize_t plen, int64_t psum, bint partial) except -1:
+        """_build_seg for a payload that is not behind the headers: ``psum`` its
+        one's-complement sum (< 0: the payload follows the headers), ``partial``:
+        the checksum field gets the pseudo-header sum only (the receiver completes
+        it: virtio-net NEEDS_CSUM)."""
         cdef bytes ra = c.raddr, ga = c.gaddr
         cdef int alen = len(ra)
         cdef uint8_t* l3 = p + 14
@@ -857,7 +872,12 @@ cdef class FastPath:
         l4[13] = F_ACK
         pc_store16(l4 + 14, window & 0xFFFF)
         memset(l4 + 16, 0, 4)
-        pc_store16(l4 + 16, (~pc_csum(l4, 20 + plen, ps)) & 0xFFFF)
+        if partial:
+            pc_store16(l4 + 16, ps)
+        elif psum < 0:
+            pc_store16(l4 + 16, (~pc_csum(l4, 20 + plen, ps)) & 0xFFFF)
+        else:
+            pc_store16(l4 + 16, (~pc_csum(l4, 20, pc_fold(<uint64_t>ps + <uint64_t>psum))) & 0xFFFF)
         return (l4 - p) + 20 + plen
 
     # -- host -> guest -------------------------------------------------------------
@@ -879,7 +899,7 @@ cdef class FastPath:
         cdef uint32_t seq
         cdef int flags
         self.push_flags = 0
-        if (c.events != ESTABLISHED or not c.peekoff or c.stalled_since != 0.0
+        if (c.events != ESTABLISHED or not c.peekoff
                 or c.sock is None or seg <= 0 or nslots <= 0):
             return -1
         if nslots > MAX_BURST:
@@ -890,6 +910,8 @@ cdef class FastPath:
         avail = c.wnd_from_tap - outstanding
         if avail <= 0:
             return -1
+        # the window opened again (the engine forgets a stalled connection lazily)
+        c.stalled_since = 0.0
         if ioctl(<int>c.fd, FIONREAD, &queued) != 0:
             return -1
         if queued <= outstanding:
@@ -935,6 +957,162 @@ cdef class FastPath:
                 seq = <uint32_t>(seq + <uint32_t>plen)
         finally:
             PyBuffer_Release(&v)
+        c.last_wnd = wnd
+        c.ack_sent = c.seq_from_tap
+        if outstanding == 0:
+            c.last_progress = now
+        c.seq_to_tap = seq
+        outstanding += got
+        flags = C_PUSH_INFLIGHT
+        if c.wnd_from_tap - outstanding <= 0:
+            flags |= C_PUSH_NOREAD
+        else:
+            flags |= C_PUSH_READ if self._lowat(c, outstanding + 1) else C_PUSH_NOREAD
+        self.push_flags = flags
+        d = self.counters
+        d["tcp_segments_to_guest"] = d.get("tcp_segments_to_guest", 0) + count
+        return count
+
+    def push_vq(self, TcpConn c, bint woken, Virtqueue q not None, bint mergeable,
+                Py_ssize_t gso, Py_ssize_t hdr_len, Py_ssize_t seg, double now, out):
+        """push() straight into the guest's receive buffers (see the twin): the
+        frames delivered, or -1 when the engine (or the copy path) must decide."""
+        cdef int64_t[::1] res = out
+        cdef long long outstanding, avail, want, got, wnd, left
+        cdef int queued = 0, nres, k, j, s0, s1, first_iov
+        cdef Py_ssize_t hl, count, plen, room
+        cdef iovec iov[RV_MAX_SEG]
+        cdef int frame_iov[RV_MAX_FRAMES + 1]
+        cdef long long frame_len[RV_MAX_FRAMES + 1]
+        cdef long long planned
+        cdef msghdr msg
+        cdef ssize_t r
+        cdef uint32_t mi[9]
+        cdef socklen_t mlen
+        cdef uint32_t seq, f
+        cdef uint64_t sum_
+        cdef size_t pos, take
+        cdef uint8_t* h
+        cdef int niov = 0, flags
+        cdef bint partial
+        self.push_flags = 0
+        if (c.events != ESTABLISHED or not c.peekoff
+                or c.sock is None or seg <= 0 or hdr_len < 10 or res.shape[0] < 1):
+            return -1
+        outstanding = seq_diff(c.seq_to_tap, c.seq_ack_from_tap)
+        avail = c.wnd_from_tap - outstanding
+        if avail <= 0:
+            return -1
+        # the window opened again (the engine forgets a stalled connection lazily)
+        c.stalled_since = 0.0
+        if ioctl(<int>c.fd, FIONREAD, &queued) != 0:
+            return -1
+        if queued <= outstanding:
+            if not c.reading or woken:
+                return -1
+            return 0 if self._lowat(c, outstanding + 1) else -1
+        hl = 54 if len(c.raddr) == 4 else 74
+        want = queued - outstanding
+        if want > avail:
+            want = avail
+        count = <Py_ssize_t>((want + seg - 1) // seg)
+        if count > RV_MAX_FRAMES:
+            count = RV_MAX_FRAMES
+        if count > res.shape[0]:
+            count = res.shape[0]
+        room = hdr_len + (hl if hl > ETH_ZLEN else ETH_ZLEN)
+        nres = q.rx_reserve(<int>count, <uint64_t>(hdr_len + hl + seg), <uint64_t>room, mergeable)
+        if nres <= 0:
+            if q.pending():
+                return -1   # buffers there but not for us (small, malformed): slot path
+            # none at all: publish how far we got (EVENT_IDX: the guest kicks for
+            # the next buffer), look once more, else the caller waits for a kick
+            q.rx_finish_c(0, NULL, hdr_len)
+            if not q.pending():
+                return -2
+            nres = q.rx_reserve(<int>count, <uint64_t>(hdr_len + hl + seg), <uint64_t>room,
+                                mergeable)
+            if nres <= 0:
+                return -1
+        count = nres
+        # iovecs: each frame's payload, behind its headers in its first segment; a
+        # frame holds ``seg`` bytes, or what its buffers can (rx_capacity)
+        planned = 0
+        for k in range(count):
+            frame_iov[k] = niov
+            left = <long long>q._rv_frame_cap[k] - hdr_len - hl
+            if left > seg:
+                left = seg
+            if left > want - planned:
+                left = want - planned
+            planned += left
+            s0 = q._rv_chain_seg[q._rv_frame_chain[k]]
+            s1 = q._rv_chain_seg[q._rv_frame_chain[k + 1]]
+            for j in range(s0, s1):
+                if left <= 0 or niov >= RV_MAX_SEG:
+                    break
+                if j == s0:
+                    iov[niov].iov_base = q._rv_segp[j] + hdr_len + hl
+                    take = q._rv_segl[j] - hdr_len - hl
+                else:
+                    iov[niov].iov_base = q._rv_segp[j]
+                    take = q._rv_segl[j]
+                if <long long>take > left:
+                    take = <size_t>left
+                if take:
+                    iov[niov].iov_len = take
+                    niov += 1
+                    left -= take
+            frame_len[k] = planned
+        frame_iov[count] = niov
+        memset(&msg, 0, sizeof(msg))
+        msg.msg_iov = iov
+        msg.msg_iovlen = <size_t>niov
+        r = recvmsg(<int>c.fd, &msg, MSG_PEEK | MSG_DONTWAIT)
+        if r <= 0:
+            q.rx_finish_c(0, NULL, hdr_len)
+            return -1
+        got = r
+        count = 0   # the frames the data fills: frame_len[k] is where frame k ends
+        while count < nres and (count == 0 or frame_len[count - 1] < got):
+            count += 1
+        mlen = sizeof(mi)
+        if getsockopt(<int>c.fd, SOL_SOCKET, SO_MEMINFO, mi, &mlen) == 0 and mlen >= 24:
+            wnd = c_window(c, mi[3], mi[5], self.frame_payload)
+        else:
+            wnd = c_window(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
+        seq = <uint32_t>(c.seq_to_tap & M32)
+        for k in range(count):
+            plen = <Py_ssize_t>((frame_len[k] if frame_len[k] < got else got)
+                                - (frame_len[k - 1] if k else 0))
+            partial = gso > 0 and plen > gso
+            sum_ = 0
+            if not partial:
+                pos = 0
+                for j in range(frame_iov[k], frame_iov[k + 1]):
+                    if pos >= <size_t>plen:
+                        break
+                    take = iov[j].iov_len
+                    if take > <size_t>plen - pos:
+                        take = <size_t>plen - pos
+                    f = pc_csum(<uint8_t*>iov[j].iov_base, take, 0)
+                    if pos & 1:
+                        f = ((f & 0xFF) << 8) | (f >> 8)
+                    sum_ += f
+                    pos += take
+            h = q._rv_segp[q._rv_chain_seg[q._rv_frame_chain[k]]]
+            res[k] = self._build_hdrs(h + hdr_len, c, seq, <uint32_t>wnd, plen,
+                                      <int64_t>pc_fold(sum_), partial)
+            memset(h, 0, 10)
+            if partial:   # virtio-net: NEEDS_CSUM and TCP segmentation at the MSS
+                h[0] = 1
+                h[1] = 1 if hl == 54 else 4
+                pc_put16le(h + 2, <uint16_t>hl)
+                pc_put16le(h + 4, <uint16_t>gso)
+                pc_put16le(h + 6, <uint16_t>(hl - 20))
+                pc_put16le(h + 8, 16)
+            seq = <uint32_t>(seq + <uint32_t>plen)
+        q.rx_finish_c(<int>count, &res[0], hdr_len)
         c.last_wnd = wnd
         c.ack_sent = c.seq_from_tap
         if outstanding == 0:

@@ -11,6 +11,8 @@ runs on another CPU), and no Python object is created per descriptor.
 """
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.buffer cimport PyBUF_WRITE
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -48,7 +50,6 @@ cdef enum:
     F_WRITE = 2
     F_INDIRECT = 4
     F_NO_INTERRUPT = 1
-    NREG = 8
     QMAX = 32768
     FRAME_MAX = 65536 + 14
     ETH_ZLEN = 60
@@ -70,14 +71,6 @@ _REASONS = {R_BAD_HEAD: "bad-head", R_BAD_INDIRECT: "bad-indirect",
 @cython.final
 cdef class GuestMemory:
     """The guest's memory regions (see the twin): ``add(gpa, size, uva, buf)``."""
-
-    cdef int n
-    cdef uint64_t _gpa[NREG]
-    cdef uint64_t _size[NREG]
-    cdef uint64_t _uva[NREG]
-    cdef uint8_t* _base[NREG]
-    cdef Py_buffer _bufs[NREG]
-    cdef list _views
 
     def __cinit__(self):
         self.n = 0
@@ -120,7 +113,7 @@ cdef class GuestMemory:
     def __len__(self):
         return self.n
 
-    cdef inline uint8_t* at_gpa(self, uint64_t addr, uint64_t length) noexcept nogil:
+    cdef uint8_t* at_gpa(self, uint64_t addr, uint64_t length) noexcept nogil:
         cdef int i
         cdef uint64_t off
         for i in range(self.n):
@@ -130,7 +123,7 @@ cdef class GuestMemory:
                     return self._base[i] + off
         return NULL
 
-    cdef inline uint8_t* at_uva(self, uint64_t addr, uint64_t length) noexcept nogil:
+    cdef uint8_t* at_uva(self, uint64_t addr, uint64_t length) noexcept nogil:
         cdef int i
         cdef uint64_t off
         for i in range(self.n):
@@ -164,20 +157,6 @@ cdef class GuestMemory:
 cdef class Virtqueue:
     """One split virtqueue of ``num`` entries (see the twin)."""
 
-    cdef GuestMemory mem
-    cdef readonly int num
-    cdef public bint event_idx
-    cdef uint8_t* desc
-    cdef uint8_t* avail
-    cdef uint8_t* used
-    cdef uint16_t _last_avail, _used_idx, _signalled
-    cdef bint _used_since_call
-    cdef public dict errors
-    cdef public bint broken
-    cdef uint8_t** _segp       # the chain being walked: buffer pointers ...
-    cdef uint32_t* _segl       # ... and lengths (num + 1 at most)
-    cdef int* _heads           # the receive buffers claimed for one frame
-
     def __cinit__(self, GuestMemory mem not None, int num, desc, avail, used,
                   bint event_idx=False, int last_avail=0):
         if num <= 0 or num > QMAX or num & (num - 1):
@@ -201,13 +180,22 @@ cdef class Virtqueue:
         self._segp = <uint8_t**>malloc((num + 1) * sizeof(uint8_t*))
         self._segl = <uint32_t*>malloc((num + 1) * sizeof(uint32_t))
         self._heads = <int*>malloc((num + 1) * sizeof(int))
-        if self._segp == NULL or self._segl == NULL or self._heads == NULL:
+        self._rv_head = <int*>malloc((num + 1) * sizeof(int))
+        self._rv_chain_seg = <int*>malloc((num + 2) * sizeof(int))
+        self._rv_chain_cap = <uint64_t*>malloc((num + 1) * sizeof(uint64_t))
+        self._rv_frames = self._rv_chains = self._rv_segs = 0
+        if (self._segp == NULL or self._segl == NULL or self._heads == NULL
+                or self._rv_head == NULL or self._rv_chain_seg == NULL
+                or self._rv_chain_cap == NULL):
             raise MemoryError()
 
     def __dealloc__(self):
         free(self._segp)
         free(self._segl)
         free(self._heads)
+        free(self._rv_head)
+        free(self._rv_chain_seg)
+        free(self._rv_chain_cap)
 
     property last_avail:
         def __get__(self):
@@ -240,7 +228,7 @@ cdef class Virtqueue:
             return 0
         return n
 
-    cdef inline int _next_head(self) noexcept nogil:
+    cdef int _next_head(self) noexcept nogil:
         cdef int slot = self._last_avail & (self.num - 1)
         self._last_avail = <uint16_t>(self._last_avail + 1)
         return pc_le16(self.avail + 4 + 2 * slot)
@@ -295,14 +283,14 @@ cdef class Virtqueue:
             i = nxt
         return R_DESC_LOOP
 
-    cdef inline void _put_used(self, int head, uint32_t length) noexcept nogil:
+    cdef void _put_used(self, int head, uint32_t length) noexcept nogil:
         cdef int slot = self._used_idx & (self.num - 1)
         pc_put32(self.used + 4 + 8 * slot, <uint32_t>head)
         pc_put32(self.used + 8 + 8 * slot, length)
         self._used_idx = <uint16_t>(self._used_idx + 1)
         self._used_since_call = True
 
-    cdef inline void _publish(self) noexcept nogil:
+    cdef void _publish(self) noexcept nogil:
         pc_release()   # the used entries are visible before the index that covers them
         pc_put16(self.used + 2, self._used_idx)
         if self.event_idx:
@@ -497,3 +485,136 @@ cdef class Virtqueue:
                     used += <uint32_t>piece
             self._put_used(heads[k], used)
         return 1
+
+    # -- host -> guest without a copy: a reservation ------------------------------
+    cpdef int rx_reserve(self, int nframes, uint64_t frame_cap, uint64_t head_room,
+                         bint mergeable) except -1:
+        """See the twin: receive buffers for up to ``nframes`` frames of
+        ``frame_cap`` bytes each (header included); the number of frames."""
+        cdef int f, head, nseg, j
+        cdef uint64_t total, room
+        cdef bint stop = False
+        if self._rv_frames or self._rv_chains:
+            raise VirtqError("a reservation is still open")
+        if nframes > RV_MAX_FRAMES:
+            nframes = RV_MAX_FRAMES
+        self._rv_save = self._last_avail
+        self._rv_mergeable = mergeable
+        self._rv_segs = 0
+        self._rv_chain_seg[0] = 0
+        for f in range(nframes):
+            self._rv_frame_chain[f] = self._rv_chains
+            room = 0
+            while room < frame_cap:
+                if self._rv_chains >= self.num or not self.pending():
+                    stop = True
+                    break
+                head = self._next_head()
+                nseg = self._chain(head, True, &total)
+                if (nseg <= 0 or self._rv_segs + nseg > RV_MAX_SEG
+                        or (room == 0 and (self._segl[0] < head_room or total <= head_room))):
+                    # malformed, too small or too many pieces: not ours to judge
+                    # here; the copy path takes (and counts) it
+                    self._last_avail = <uint16_t>(self._last_avail - 1)
+                    stop = True
+                    break
+                for j in range(nseg):
+                    self._rv_segp[self._rv_segs + j] = self._segp[j]
+                    self._rv_segl[self._rv_segs + j] = self._segl[j]
+                self._rv_head[self._rv_chains] = head
+                self._rv_chain_cap[self._rv_chains] = total
+                self._rv_segs += nseg
+                self._rv_chains += 1
+                self._rv_chain_seg[self._rv_chains] = self._rv_segs
+                room += total
+                if not mergeable:
+                    break     # one chain per frame: as large as the guest made it
+            if stop and room > head_room:
+                # the buffers ran out in the middle of a frame: a shorter last one
+                self._rv_frame_cap[f] = room
+                self._rv_frames += 1
+                break
+            if stop:
+                # a frame half reserved is given back with the rest
+                if self._rv_chains > self._rv_frame_chain[f]:
+                    self._last_avail = <uint16_t>(self._last_avail
+                                                 - (self._rv_chains - self._rv_frame_chain[f]))
+                    self._rv_chains = self._rv_frame_chain[f]
+                    self._rv_segs = self._rv_chain_seg[self._rv_chains]
+                break
+            self._rv_frame_cap[f] = room if room < frame_cap else frame_cap
+            self._rv_frames += 1
+        self._rv_frame_chain[self._rv_frames] = self._rv_chains
+        if not self._rv_frames:
+            self._last_avail = self._rv_save
+            self._rv_chains = self._rv_segs = 0
+        return self._rv_frames
+
+    def rx_capacity(self, int frame):
+        """The bytes reserved frame ``frame`` can hold (header included)."""
+        if frame < 0 or frame >= self._rv_frames:
+            raise IndexError("no such reserved frame")
+        return self._rv_frame_cap[frame]
+
+    def rx_buffers(self, int frame):
+        """The writable segments of reserved frame ``frame`` (memoryviews)."""
+        cdef int s
+        if frame < 0 or frame >= self._rv_frames:
+            raise IndexError("no such reserved frame")
+        views = []
+        for s in range(self._rv_chain_seg[self._rv_frame_chain[frame]],
+                       self._rv_chain_seg[self._rv_frame_chain[frame + 1]]):
+            views.append(<object>PyMemoryView_FromMemory(<char*>self._rv_segp[s],
+                                                         self._rv_segl[s], PyBUF_WRITE))
+        return views
+
+    def rx_finish(self, int nused, lengths, Py_ssize_t hdr_len=NET_HDR_LEN):
+        """See the twin: the first ``nused`` reserved frames, of ``lengths`` bytes
+        after the header, are used; the rest of the reservation is given back."""
+        cdef const int64_t[::1] lens = lengths
+        if nused > lens.shape[0]:
+            raise ValueError("nused exceeds lengths")
+        return self.rx_finish_c(nused, &lens[0] if lens.shape[0] else NULL, hdr_len)
+
+    cdef int rx_finish_c(self, int nused, const int64_t* lengths, Py_ssize_t hdr_len) except -1:
+        cdef int f, ch, last, end = 0
+        cdef uint64_t need, take
+        cdef Py_ssize_t pad
+        cdef uint8_t* p
+        if nused < 0 or nused > self._rv_frames:
+            raise ValueError("nused exceeds the reservation")
+        for f in range(nused):
+            ch = self._rv_frame_chain[f]
+            last = self._rv_frame_chain[f + 1]
+            pad = 0
+            if lengths[f] < ETH_ZLEN:
+                # short frames are padded in place: the first segment holds the
+                # whole frame then (rx_reserve's head_room)
+                pad = ETH_ZLEN - lengths[f]
+                p = self._rv_segp[self._rv_chain_seg[ch]]
+                if hdr_len + ETH_ZLEN <= self._rv_segl[self._rv_chain_seg[ch]]:
+                    memset(p + hdr_len + lengths[f], 0, pad)
+                else:
+                    pad = 0
+            need = <uint64_t>(hdr_len + lengths[f] + pad)
+            end = ch
+            while end < last and need:
+                take = need if need < self._rv_chain_cap[end] else self._rv_chain_cap[end]
+                self._put_used(self._rv_head[end], <uint32_t>take)
+                need -= take
+                end += 1
+            if end == ch:   # an empty frame still takes its first buffer
+                self._put_used(self._rv_head[end], 0)
+                end += 1
+            while f < nused - 1 and end < last:
+                # only the last frame may be short; a caller that breaks that rule
+                # hands the guest empty buffers, never a gap in the ring
+                self._put_used(self._rv_head[end], 0)
+                end += 1
+            if hdr_len >= 12:
+                pc_put16(self._rv_segp[self._rv_chain_seg[ch]] + 10, <uint16_t>(end - ch))
+        # what was reserved past the last buffer used goes back to the ring
+        self._last_avail = <uint16_t>(self._last_avail - (self._rv_chains - end))
+        self._rv_frames = self._rv_chains = self._rv_segs = 0
+        self._publish()
+        return nused

@@ -54,7 +54,9 @@ import socket
 import struct
 from typing import Any
 
+from passtcore_py import csum as _csum
 from passtcore_py import headers as _headers
+from passtcore_py.virtq import ETH_ZLEN, RV_MAX_FRAMES, RV_MAX_SEG
 from passtcore_py.flowtable import FlowTable
 
 __all__ = [
@@ -609,12 +611,14 @@ class FastPath:
         if type(c) is not TcpConn:
             raise TypeError("push() needs a TcpConn")
         if (c.events != ESTABLISHED or not c.peekoff
-                or c.stalled_since or c.sock is None or seg <= 0 or nslots <= 0):
+                or c.sock is None or seg <= 0 or nslots <= 0):
             return -1
         outstanding = seq_diff(c.seq_to_tap, c.seq_ack_from_tap)
         avail = c.wnd_from_tap - outstanding
         if avail <= 0:
             return -1
+        # the window opened again (the engine forgets a stalled connection lazily)
+        c.stalled_since = 0.0
         try:
             queued = struct.unpack("i", fcntl.ioctl(c.fd, FIONREAD, b"\0\0\0\0"))[0]
         except OSError:
@@ -654,6 +658,122 @@ class FastPath:
                                         c.raddr, c.gaddr, c.rport, c.gport, seq, c.seq_from_tap,
                                         ACK, wnd, plen)
             seq = (seq + plen) & M32
+        c.last_wnd = wnd
+        c.ack_sent = c.seq_from_tap
+        if not outstanding:
+            c.last_progress = now
+        c.seq_to_tap = seq
+        outstanding += got
+        flags = PUSH_INFLIGHT
+        if c.wnd_from_tap - outstanding <= 0:
+            flags |= PUSH_NOREAD
+        else:
+            flags |= PUSH_READ if self._lowat(c, outstanding + 1) else PUSH_NOREAD
+        self.push_flags = flags
+        d = self.counters
+        d["tcp_segments_to_guest"] = d.get("tcp_segments_to_guest", 0) + count
+        return count
+
+    def push_vq(self, c: Any, woken: bool, q: Any, mergeable: bool, gso: int, hdr_len: int,
+                seg: int, now: float, out: Any) -> int:
+        """push() with the guest's receive buffers as the slots (vhost-user): up to
+        ``len(out)`` frames reserved in virtqueue ``q`` (``rx_reserve``), the host
+        data peeked straight into them behind room for a ``hdr_len``-byte
+        virtio-net header and the frame's headers, which are written in place
+        (with ``gso``, the guest's MSS, a frame of more than one segment gets
+        NEEDS_CSUM and GSO_TCPV4/6 instead of a payload checksum), and the frames
+        handed to the guest (``rx_finish``): the number delivered (lengths in
+        ``out``, header excluded), -1 as push() (or when the guest's buffers do
+        not fit: the slot path decides), or -2 when the guest has no receive
+        buffer at all (the caller waits for its kick; nothing is lost)."""
+        self.push_flags = 0
+        if type(c) is not TcpConn:
+            raise TypeError("push_vq() needs a TcpConn")
+        if (c.events != ESTABLISHED or not c.peekoff or c.sock is None
+                or seg <= 0 or hdr_len < 10 or len(out) < 1):
+            return -1
+        outstanding = seq_diff(c.seq_to_tap, c.seq_ack_from_tap)
+        avail = c.wnd_from_tap - outstanding
+        if avail <= 0:
+            return -1
+        # the window opened again (the engine forgets a stalled connection lazily)
+        c.stalled_since = 0.0
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(c.fd, FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return -1
+        if queued <= outstanding:
+            if not c.reading or woken:
+                return -1
+            return 0 if self._lowat(c, outstanding + 1) else -1
+        hl = 54 if len(c.raddr) == 4 else 74
+        want = min(avail, queued - outstanding)
+        count = min(RV_MAX_FRAMES, len(out), (want + seg - 1) // seg)
+        n = q.rx_reserve(count, hdr_len + hl + seg, hdr_len + max(hl, ETH_ZLEN), mergeable)
+        if n <= 0:
+            if q.pending():
+                return -1   # buffers there but not for us (small, malformed): slot path
+            # none at all: publish how far we got (EVENT_IDX: the guest kicks for the
+            # next buffer), look once more, else the caller waits for a kick
+            q.rx_finish(0, out, hdr_len)
+            if not q.pending():
+                return -2
+            n = q.rx_reserve(count, hdr_len + hl + seg, hdr_len + max(hl, ETH_ZLEN), mergeable)
+            if n <= 0:
+                return -1
+        count = n
+        iov: list[memoryview] = []
+        per_frame: list[list[memoryview]] = []
+        ends: list[int] = []    # where each frame's payload ends in the peeked data
+        planned = 0
+        for k in range(count):
+            left = min(seg, q.rx_capacity(k) - hdr_len - hl, want - planned)
+            planned += left
+            ends.append(planned)
+            views = []
+            for j, b in enumerate(q.rx_buffers(k)):
+                if left <= 0 or len(iov) >= RV_MAX_SEG:
+                    break
+                v = b[hdr_len + hl:] if j == 0 else b
+                v = v[:left]
+                if len(v):
+                    views.append(v)
+                    left -= len(v)
+            iov += views
+            per_frame.append(views)
+        try:
+            got = c.sock.recvmsg_into(iov, 0, int(socket.MSG_PEEK | socket.MSG_DONTWAIT))[0]
+        except OSError:
+            got = 0
+        if got <= 0:
+            q.rx_finish(0, out, hdr_len)
+            return -1
+        count = 1
+        while count < n and ends[count - 1] < got:
+            count += 1
+        try:
+            mi = struct.unpack_from("9I", c.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
+            wnd = window_to_guest(c, mi[3], mi[5], self.frame_payload)
+        except OSError:
+            wnd = window_to_guest(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
+        seq = c.seq_to_tap
+        for k in range(count):
+            plen = min(ends[k], got) - (ends[k - 1] if k else 0)
+            frame = bytearray(hl) + b"".join(per_frame[k])[:plen]
+            out[k] = _headers.build_tcp(frame, 0, self.guest_mac, self.our_mac, c.raddr, c.gaddr,
+                                        c.rport, c.gport, seq, c.seq_from_tap, ACK, wnd, plen)
+            h = q.rx_buffers(k)[0]
+            vnet = bytes(10)
+            if gso > 0 and plen > gso:
+                # the receiver segments at the MSS and completes the checksum
+                pseudo = (_csum.pseudo_sum_v4 if hl == 54 else _csum.pseudo_sum_v6)(
+                    c.raddr, c.gaddr, 6, 20 + plen)
+                struct.pack_into("!H", frame, hl - 4, pseudo)
+                vnet = struct.pack("<BBHHHH", 1, 1 if hl == 54 else 4, hl, gso, hl - 20, 16)
+            h[:10] = vnet
+            h[hdr_len:hdr_len + hl] = frame[:hl]
+            seq = (seq + plen) & M32
+        q.rx_finish(count, out, hdr_len)
         c.last_wnd = wnd
         c.ack_sent = c.seq_from_tap
         if not outstanding:

@@ -16,6 +16,19 @@ ring and used ring. This module is the back end's side of one queue:
   copies frames into the buffers the guest made available to receive, with a
   virtio-net header in front (``num_buffers`` = 1, or spread over several
   buffers when MRG_RXBUF is on).
+* Without a copy: ``rx_reserve(n, frame_cap, head_room, mergeable)`` takes
+  the receive buffers for up to ``n`` frames of ``frame_cap`` bytes (one
+  chain each, or as many as it takes with MRG_RXBUF), each frame's first
+  segment at least ``head_room`` long; ``rx_buffers(k)`` are frame ``k``'s
+  writable segments, into which the caller reads host data and writes the
+  headers; ``rx_finish(used, lengths)`` returns the first ``used`` frames
+  used (``num_buffers`` filled in, short frames padded) and gives the rest of
+  the reservation back to the ring; ``rx_capacity(k)`` is what frame ``k``
+  can hold: ``frame_cap``, or less for a frame the guest's buffers did not
+  fill (the last one when they ran out, or any without MRG_RXBUF whose one
+  chain is smaller). A malformed buffer, or one that cannot hold
+  ``head_room``, ends a reservation where it is (the copy path then takes
+  and counts it).
 * A chain is walked at most ``num`` descriptors deep (a cycle ends there);
   indirect tables (``VIRTQ_DESC_F_INDIRECT``) are followed once, never nested.
   A malformed chain (bad address or length, cycle, a readable buffer where a
@@ -55,6 +68,8 @@ MAX_REGIONS = 8
 MAX_QUEUE_SIZE = 32768
 FRAME_MAX = 65536 + 14      # the largest frame taken from the guest (TSO: 64 KiB + Ethernet)
 ETH_ZLEN = 60
+RV_MAX_SEG = 1024           # segments of one reservation (the kernel's UIO_MAXIOV)
+RV_MAX_FRAMES = 64
 
 
 class VirtqError(ValueError):
@@ -125,6 +140,9 @@ class Virtqueue:
         self.broken = False
         self._signalled_used = self.used_idx
         self._used_since_call = False
+        self._rv: list[Any] = []
+        self._rv_frames = 0
+        self._rv_save = 0
 
     # -- shared ----------------------------------------------------------------
     def _err(self, reason: str) -> None:
@@ -325,7 +343,14 @@ class Virtqueue:
         data += frame
         data += bytes(pad)
         pos = 0
-        for head, chain in taken:
+        for head, _ in taken:
+            # walked again, as the kernel does: the guest's buffers may overlap its
+            # own descriptors, and what was copied into the ones before (or the used
+            # entries written) may have changed this chain; a chain now malformed
+            # takes nothing, the rest of the frame goes on in the next buffers
+            chain = self._chain(head, writable=True)
+            if isinstance(chain, str):
+                chain = []
             used = 0
             for b in chain:
                 k = min(len(b), len(data) - pos)
@@ -336,3 +361,93 @@ class Virtqueue:
                 used += k
             self._put_used(head, used)
         return True
+
+    # -- host -> guest without a copy: a reservation ------------------------------
+    def rx_reserve(self, nframes: int, frame_cap: int, head_room: int, mergeable: bool) -> int:
+        """Receive buffers for up to ``nframes`` frames of ``frame_cap`` bytes
+        (header included); the number of frames reserved (see the module)."""
+        if self._rv_frames:
+            raise VirtqError("a reservation is still open")
+        nframes = min(nframes, RV_MAX_FRAMES)
+        self._rv_save = self.last_avail
+        frames: list[list[tuple[int, list[memoryview], int]]] = []
+        caps: list[int] = []
+        segs = 0
+        for _ in range(nframes):
+            chains: list[tuple[int, list[memoryview], int]] = []
+            room = 0
+            ok = True
+            while room < frame_cap:
+                if sum(len(f) for f in frames) + len(chains) >= self.num or not self.pending():
+                    ok = False
+                    break
+                head = self._next_head()
+                chain = self._chain(head, writable=True)
+                total = 0 if isinstance(chain, str) else sum(len(b) for b in chain)
+                if (isinstance(chain, str) or not chain or segs + len(chain) > RV_MAX_SEG
+                        or (room == 0 and (len(chain[0]) < head_room or total <= head_room))):
+                    self.last_avail = (self.last_avail - 1) & 0xFFFF
+                    ok = False
+                    break
+                chains.append((head, chain, total))
+                segs += len(chain)
+                room += total
+                if not mergeable:
+                    break       # one chain per frame: as large as the guest made it
+            if not ok and room > head_room:
+                frames.append(chains)      # buffers ran out mid-frame: a shorter last one
+                caps.append(room)
+                break
+            if not ok:
+                self.last_avail = (self.last_avail - len(chains)) & 0xFFFF
+                break
+            frames.append(chains)
+            caps.append(min(room, frame_cap))
+        if not frames:
+            self.last_avail = self._rv_save
+        self._rv = frames
+        self._rv_caps = caps
+        self._rv_frames = len(frames)
+        return len(frames)
+
+    def rx_capacity(self, frame: int) -> int:
+        """The bytes reserved frame ``frame`` can hold (header included)."""
+        if not 0 <= frame < self._rv_frames:
+            raise IndexError("no such reserved frame")
+        return self._rv_caps[frame]
+
+    def rx_buffers(self, frame: int) -> list[memoryview]:
+        """The writable segments of reserved frame ``frame``."""
+        if not 0 <= frame < self._rv_frames:
+            raise IndexError("no such reserved frame")
+        return [b for _h, chain, _t in self._rv[frame] for b in chain]
+
+    def rx_finish(self, nused: int, lengths: Any, hdr_len: int = NET_HDR_LEN) -> int:
+        """The first ``nused`` reserved frames are used, of ``lengths[i]`` bytes
+        after the header; the rest of the reservation goes back to the ring."""
+        if not 0 <= nused <= self._rv_frames or nused > len(lengths):
+            raise ValueError("nused exceeds the reservation")
+        given_back = sum(len(f) for f in self._rv[nused:])
+        for f in range(nused):
+            chains = self._rv[f]
+            n = lengths[f]
+            first = chains[0][1][0]
+            if n < ETH_ZLEN and hdr_len + ETH_ZLEN <= len(first):
+                first[hdr_len + n:hdr_len + ETH_ZLEN] = bytes(ETH_ZLEN - n)
+                n = ETH_ZLEN
+            need = hdr_len + n
+            used = 0
+            for head, _chain, total in chains:
+                if not need and used and f == nused - 1:
+                    break
+                take = min(need, total)
+                self._put_used(head, take)
+                need -= take
+                used += 1
+            given_back += len(chains) - used
+            if hdr_len >= 12:
+                struct.pack_into("<H", first, 10, used)
+        self.last_avail = (self.last_avail - given_back) & 0xFFFF
+        self._rv, self._rv_frames = [], 0
+        self._publish()
+        return nused

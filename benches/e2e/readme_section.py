@@ -1,6 +1,9 @@
 """Write (or refresh) the end-to-end section of benches/README.md from a run's JSON.
 
-    .venv/bin/python benches/e2e/readme_section.py RESULTS.json [--command "..."]
+    .venv/bin/python benches/e2e/readme_section.py RESULTS.json [MORE.json ...] [--command "..." ...]
+
+Each JSON file gets its own "Latest results" block (the n-th ``--command`` is
+the n-th file's command line): e.g. a namespace run and a ``--only vm`` run.
 
 benches/README.md is shared with the micro-benchmark section: only the text
 between the ``<!-- e2e:begin -->`` and ``<!-- e2e:end -->`` markers is ours;
@@ -35,6 +38,7 @@ measures them side by side in one run:
 | `baseline` | with `--baseline EXE`: another passtcore-run build (e.g. an older checkout, or a wrapper setting `PASSTCORE_NO_FASTPATH=1`), as `passtcore` | 192.0.2.1 |
 | `pasta-upstream` | with `--pasta-upstream EXE`: your own upstream pasta build, run as Debian's | 192.0.2.1 |
 | `passtcore-stream`, `passt`, `passt-upstream` | the daemon on its QEMU stream socket (`-s`); the guest's tap is joined to it by a QEMU without a machine (`-M none`, hub); `passt-upstream` with `--passt-upstream EXE` | 192.0.2.1 |
+| `vm-*` | a QEMU guest (next section) | 192.0.2.1 |
 
 passtcore-run uses the tap's checksum/TSO offloads (64 KiB segments at any
 guest MTU); Debian's pasta has none.
@@ -55,9 +59,54 @@ translator per guest MTU:
 - the translator's VmRSS after the MTU 65520 runs and its peak VmHWM
   (`/proc/PID/status`).
 
-Run as root (about 8 minutes; `--quick`: 3 s per iperf3 test, about 2 minutes):
+Run as root (about 8 minutes without the VM rows; `--quick`: 3 s per iperf3 test, about 2 minutes):
 
-    .venv/bin/python benches/e2e/run.py [--quick] [--only passtcore,pasta,slirp4netns,veth] [--baseline EXE] [--json OUT]
+    .venv/bin/python benches/e2e/run.py [--quick] [--only passtcore,pasta,slirp4netns,veth] [--no-vm] [--baseline EXE] [--json OUT]
+
+### VM rows (`e2e/vm.py`)
+
+A real Linux guest under QEMU (TCG, 1 vCPU, 512 MiB; `accel=kvm` hangs on the
+reference machine, `PASSTCORE_KVM=1` uses it) whose only netdev is the daemon
+under test; QEMU and the daemon run in the private host namespace:
+
+| row | the daemon | QEMU's netdev / virtio-net device |
+|---|---|---|
+| `vm-passtcore` | `passtcore-run --vhost-user -f --runas 0 -s SOCK -t none -u none -m 65520` | vhost-user, device defaults (csum/TSO offloads, MRG_RXBUF) |
+| `vm-passtcore-plain` | the same | vhost-user, csum/TSO/ECN/UFO/mrg_rxbuf off (`NO_OFFLOADS` of `tests/daemon/test_vhost_user.py`) |
+| `vm-passtcore-stream` | `passtcore-run -f --runas 0 -s SOCK ...` | `-netdev stream` (QEMU's virtio-net back end) |
+| `vm-passt` | Debian's `passt -f -q --runas 0 -s SOCK ...` (the reference of the ratios) | `-netdev stream` |
+| `vm-passt-upstream` | with `--passt-upstream EXE`: that build, `--vhost-user` if its `--help` lists it | vhost-user (else stream) |
+
+The guest is `passtcore.sandbox.guest`'s image (Debian's cloud kernel, busybox)
+plus iperf3 (the host's binary with the libraries `ldd` lists and the loader)
+and `guestprobe` (C, in `e2e/guestprobe.py`, built with gcc), added as a second
+cached initramfs (`.cache/guest/extra-<hash>/`, built on first use; the
+default image stays as it is). Each row boots once (about 4 s here): DHCP
+from the daemon (MTU 65520), the MTU 65520 cells, then the guest sets MTU 1500
+itself (TCP's MSS follows; the daemon is not restarted) for the MTU 1500 cells:
+
+- iperf3 TCP, one stream, guest->host and host->guest (`-R`), the guest the
+  client, the server on the host namespace's loopback (5 s; `--quick`: 3 s);
+- TCP request/response with 64-byte messages over one connection, p50/p99
+  (`guestprobe rr`, against `e2e/probes.py serve`), and connect + 64 B each
+  way + close per second (`guestprobe crr`, netperf's TCP_CRR);
+- the daemon's CPU per GiB moved (`/proc/PID/stat` utime+stime around each
+  iperf3 run; QEMU's own CPU is in the JSON), its VmRSS (and the part of it
+  that is guest memory a vhost-user daemon touched, RssShmem) and VmHWM.
+
+`vm-passtcore-plain` runs at MTU 1500 only (its MTU 65520 cells show `n/a`):
+without GSO, mergeable buffers or VIRTIO_NET_F_MTU (which passtcore-run does
+not offer, so QEMU's `host_mtu` cannot reach the guest) Linux posts 1.5 KiB
+receive buffers. Under TCG the emulated guest CPU is the limit of every row,
+so the VM numbers say more about what the daemon costs (CPU per GiB, and a
+row falling behind the others) than about its top speed; QEMU's CPU time
+during each iperf3 run is in the JSON (`qemu_cpu_seconds`): a guest that idles
+while host->guest throughput is low is waiting for the daemon, and
+passtcore-run's `daemon_counters` (e.g. `drop.vhost-rx-no-buffer`,
+`tcp_segments_retransmitted`) say why. All VM rows (about 30 s each here, one
+boot of about 4 s included): `--only vm`; `--no-vm` leaves them out.
+
+    .venv/bin/python benches/e2e/run.py --only vm [--quick] [--passt-upstream EXE] [--json OUT]
 
 Python-level calls per frame in bulk TCP (cProfile over the daemon, MTU 65520 and
 1500, offloads on and off, both directions; the figure the Cython fast path is
@@ -85,24 +134,47 @@ after the first second; this is what the "stalled" row catches).
 """
 
 
-def section(doc: dict, command: str) -> str:
+def _results(doc: dict, command: str, heading: str) -> str:
     meta = doc["meta"]
+    v = meta["versions"]
     table = render(doc["translators"])
-    return (f"{BEGIN}\n{BODY}\n### Latest results\n\n"
+    vms = [r for r in doc["translators"].values() if r.get("section") == "vm"]
+    if vms and len(vms) == len(doc["translators"]):   # a VM-only run
+        guest = next((r["guest_kernel"] for r in vms if r.get("guest_kernel")), "?")
+        tools = (f"{v.get('qemu')}, guest kernel {guest}, {v.get('iperf3')}, "
+                 f"passt {v.get('pasta')}")
+        if v.get("passt-upstream"):
+            tools += f", passt-upstream {v['passt-upstream']}"
+    else:
+        tools = f"{v.get('iperf3')}, {v.get('slirp4netns')}, passt/pasta {v.get('pasta')}"
+    return (f"### {heading}\n\n"
             f"`{command}` -- started {meta['started']}, kernel {meta['kernel']}, {meta['cpus']} CPUs, "
-            f"passtcore kernels: {meta['versions'].get('passtcore_backend')}, "
-            f"{meta['versions'].get('iperf3')}, {meta['versions'].get('slirp4netns')}, "
-            f"passt/pasta {meta['versions'].get('pasta')}.\n\n```\n{table}\n```\n{END}\n")
+            f"passtcore kernels: {v.get('passtcore_backend')}, "
+            f"{tools}.\n\n```\n{table}\n```\n")
+
+
+def section(doc: dict, command: str, more: list[tuple[dict, str]] = ()) -> str:
+    """The whole marked section: the text, then one results block per run."""
+    blocks = [_results(doc, command, "Latest results")]
+    for other, cmd in more:
+        only_vm = all(r.get("section") == "vm" for r in other["translators"].values())
+        blocks.append(_results(other, cmd, "Latest results: VM rows" if only_vm
+                               else "Latest results (another run)"))
+    return f"{BEGIN}\n{BODY}\n" + "\n".join(blocks) + f"{END}\n"
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("results")
-    p.add_argument("--command", default=".venv/bin/python benches/e2e/run.py")
+    p.add_argument("results", nargs="+")
+    p.add_argument("--command", action="append", default=[],
+                   help="the command line shown for each results file, in order")
     a = p.parse_args()
-    with open(a.results) as f:
-        doc = json.load(f)
-    new = section(doc, a.command)
+    docs = []
+    for i, path in enumerate(a.results):
+        with open(path) as f:
+            cmd = a.command[i] if i < len(a.command) else ".venv/bin/python benches/e2e/run.py"
+            docs.append((json.load(f), cmd))
+    new = section(docs[0][0], docs[0][1], docs[1:])
     text = open(README).read() if os.path.exists(README) else "# benches\n"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)

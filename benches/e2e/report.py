@@ -1,4 +1,6 @@
-"""The side-by-side table (values, then ratios to pasta and to veth).
+"""The side-by-side tables (values, then ratios to pasta and to veth; the VM
+rows, results with ``"section": "vm"``, in a table of their own with ratios to
+Debian's passt).
 
 Rows are metrics, columns translators.  A ratio is ``value / reference``; for
 throughput and connections/s higher is better, for latency, memory and CPU per GiB lower
@@ -102,8 +104,113 @@ def _cell(res: dict, key: str, v: float | None) -> str:
     return _fmt(key, v)
 
 
+VM_REF = ("vm-passt", "vm-passt-upstream")
+
+
+def _vm_rows() -> list[tuple[str, str, Callable[[dict], float | None]]]:
+    """The VM table: TCP P1 both ways per MTU (Mbit/s: a TCG guest), 64 B RR and CRR."""
+    rows: list[tuple[str, str, Callable[[dict], float | None]]] = []
+    for mtu in MTUS:
+        for reverse in (False, True):
+            key = iperf_key(mtu, 1, reverse)
+            way = "host->guest" if reverse else "guest->host"
+            rows.append((key, f"VM TCP {way} MTU {mtu} (Mbit/s)",
+                         lambda r, k=key: _get(r, k, "bits_per_second", 1e-6)))
+    for mtu in MTUS:
+        rows.append((f"cpu_mtu{mtu}", f"daemon CPU s per GiB, TCP, MTU {mtu}",
+                     lambda r, m=mtu: _cpu_per_gib(r, m)))
+    rows.append(("stalled", "stalled 1-s intervals, all iperf3 runs", _stalled_total))
+    rows.append(("rr_p50", "VM TCP 64 B RR p50 (us)", lambda r: _get(r, "rr", "p50_us")))
+    rows.append(("rr_p99", "VM TCP 64 B RR p99 (us)", lambda r: _get(r, "rr", "p99_us")))
+    rows.append(("crr", "VM TCP CRR 64 B (connections/s)", lambda r: _get(r, "crr", "per_second")))
+    rows.append(("rss", "daemon VmRSS after the first MTU's runs (MiB)", lambda r: _mem_vm(r, "VmRSS")))
+    rows.append(("rss_shmem", "  of which guest memory (RssShmem, MiB)",
+                 lambda r: _mem_vm(r, "RssShmem")))
+    rows.append(("hwm", "daemon VmHWM, peak (MiB)", lambda r: _mem(r, "VmHWM")))
+    return rows
+
+
+def _mem_vm(res: dict, key: str) -> float | None:
+    """A VM row's memory after its first MTU's runs (the plain row has only MTU 1500)."""
+    mem = res.get("memory_kib", {})
+    first = next((mem[str(m)] for m in MTUS if str(m) in mem), {})
+    kib = first.get(key)
+    return kib / 1024.0 if kib is not None else None
+
+
+def _vm_fmt(key: str, v: float | None) -> str:
+    if v is None:
+        return "-"
+    if key.startswith("tcp_") or key in ("stalled", "crr"):
+        return f"{v:.0f}"
+    if key.startswith("cpu_"):
+        return f"{v:.3f}"
+    return f"{v:.1f}"
+
+
+def _vm_cell(res: dict, key: str, v: float | None) -> str:
+    source = key.rsplit("_p", 1)[0] if key.endswith(("_p50", "_p99")) else key
+    if v is None and source in res.get("errors", {}):
+        return "n/a" if res["errors"][source].startswith("n/a") else "failed"
+    return _vm_fmt(key, v)
+
+
+def _render_vm(results: dict[str, dict], names: list[str]) -> list[str]:
+    rows = _vm_rows()
+    label_w = max(len(label) for _, label, _ in rows) + 2
+    col_w = max(12, *(len(n) + 2 for n in names))
+    out = ["VM: a QEMU guest (TCG, 1 vCPU) behind each daemon; one boot per column, "
+           "the MTU 1500 cells after the guest lowered its MTU"]
+    out.append("".ljust(label_w) + "".join(n.rjust(col_w) for n in names))
+    for key, label, get in rows:
+        out.append(label.ljust(label_w) + "".join(
+            _vm_cell(results[n], key, get(results[n])).rjust(col_w) for n in names))
+    pairs = [(n, ref) for ref in VM_REF if ref in names for n in names
+             if n != ref and not (ref == "vm-passt-upstream" and n == "vm-passt")]
+    if pairs:
+        out.append("")
+        out.append("VM ratios (value / reference; >1 = more throughput/conn/s, or more "
+                   "latency/CPU/memory)")
+        heads = [f"{n}/{ref}" for n, ref in pairs]
+        w = max(12, *(len(h) + 2 for h in heads))
+        out.append("".ljust(label_w) + "".join(h.rjust(w) for h in heads))
+        for key, label, get in rows:
+            cells = []
+            for n, ref in pairs:
+                a, b = get(results[n]), get(results[ref])
+                cells.append(f"{a / b:.2f}" if a is not None and b else "-")
+            out.append(label.ljust(label_w) + "".join(c.rjust(w) for c in cells))
+    return out
+
+
 def render(results: dict[str, dict]) -> str:
-    names = list(results)
+    vm_names = [n for n, r in results.items() if r.get("section") == "vm"]
+    ns_names = [n for n in results if n not in vm_names]
+    out = _render_ns(results, ns_names) if ns_names else []
+    if vm_names:
+        if out:
+            out.append("")
+        out += _render_vm(results, vm_names)
+    out.append("")
+    for n in results:
+        res = results[n]
+        line = f"{n}: {res.get('status', '?')}"
+        if res.get("section") == "vm":
+            pids = res.get("pids", {})
+            if pids:
+                line += f" (daemon pid {pids.get('daemon')}, QEMU pid {pids.get('qemu')}"
+                line += f", boot {res['boot_seconds']} s)" if res.get("boot_seconds") else ")"
+        elif res.get("pids"):
+            line += " (pid " + ", ".join(f"{p} at MTU {m}" for m, p in res["pids"].items()) + ")"
+        out.append(line)
+        for key, reason in res.get("errors", {}).items():
+            out.append(f"    {key}: {reason}" if reason.startswith("n/a") else f"    {key}: failed: {reason}")
+        for note in res.get("notes", []):
+            out.append(f"    note: {note}")
+    return "\n".join(out)
+
+
+def _render_ns(results: dict[str, dict], names: list[str]) -> list[str]:
     rows = _rows()
     label_w = max(len(label) for _, label, _ in rows) + 2
     col_w = max(12, *(len(n) + 2 for n in names))
@@ -133,16 +240,4 @@ def render(results: dict[str, dict]) -> str:
                 a, b = get(results[n]), get(results[ref])
                 cells.append(f"{a / b:.2f}" if a is not None and b else "-")
             out.append(label.ljust(label_w) + "".join(c.rjust(w) for c in cells))
-
-    out.append("")
-    for n in names:
-        res = results[n]
-        line = f"{n}: {res.get('status', '?')}"
-        if res.get("pids"):
-            line += " (pid " + ", ".join(f"{p} at MTU {m}" for m, p in res["pids"].items()) + ")"
-        out.append(line)
-        for key, reason in res.get("errors", {}).items():
-            out.append(f"    {key}: failed: {reason}")
-        for note in res.get("notes", []):
-            out.append(f"    note: {note}")
-    return "\n".join(out)
+    return out

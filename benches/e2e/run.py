@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""End-to-end network benchmark: passtcore-run vs pasta vs slirp4netns vs veth.
+"""End-to-end network benchmark: passtcore-run vs pasta vs slirp4netns vs veth, and
+a QEMU guest behind passtcore-run (vhost-user, stream socket) vs passt.
 
-    .venv/bin/python benches/e2e/run.py [--quick] [--only NAME,...] [--json OUT]
+    .venv/bin/python benches/e2e/run.py [--quick] [--only NAME,...] [--no-vm] [--json OUT]
 
 For each translator, in its own fresh set of namespaces (see netenv.py), a
 guest namespace reaches servers in a private "host" namespace through the
@@ -13,6 +14,11 @@ translator, and we measure:
 - TCP request/response latency p50/p99 (1-byte ping-pong, one connection);
 - TCP connections per second (connect+close loop for a fixed time);
 - the translator's VmRSS after the runs and its VmHWM (/proc/PID/status).
+
+The ``vm-*`` rows (vm.py) boot a QEMU guest (TCG) once per row and measure
+TCP both ways at guest MTU 65520 and 1500, 64-byte request/response latency,
+connect-request-response per second, and the daemon's CPU per GiB and memory;
+they print as a second table with ratios to Debian's passt (``vm-passt``).
 
 The results print as one table with ratios to pasta and to veth and are saved
 as JSON.  A translator that fails (to start, or in one test) gets "failed:
@@ -41,15 +47,20 @@ from measure import MeasureFailed  # noqa: E402
 from netenv import EnvError, make_env  # noqa: E402
 from report import MTUS, STREAMS, iperf_key, render  # noqa: E402
 from translators import ALL, TranslatorFailed, read_mem_kib  # noqa: E402
+import vm  # noqa: E402
 
+ALL.update(vm.VMS)
 ALIASES = {"passtcore-run": "passtcore", "slirp": "slirp4netns"}
 DEFAULT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
 
 
 def _config(quick: bool) -> dict:
+    # VM cells are short: under TCG the emulated guest CPU is the limit, not the daemon.
     if quick:
-        return {"iperf_seconds": 3, "latency_seconds": 2.0, "latency_rounds": 20000, "cps_seconds": 2.0}
-    return {"iperf_seconds": 10, "latency_seconds": 5.0, "latency_rounds": 50000, "cps_seconds": 5.0}
+        return {"iperf_seconds": 3, "latency_seconds": 2.0, "latency_rounds": 20000, "cps_seconds": 2.0,
+                "vm_iperf_seconds": 3, "vm_rr_seconds": 2.0, "vm_rr_rounds": 20000, "vm_crr_seconds": 2.0}
+    return {"iperf_seconds": 10, "latency_seconds": 5.0, "latency_rounds": 50000, "cps_seconds": 5.0,
+            "vm_iperf_seconds": 5, "vm_rr_seconds": 3.0, "vm_rr_rounds": 50000, "vm_crr_seconds": 3.0}
 
 
 def bench_one(name: str, cfg: dict, logdir: str, res: dict) -> dict:
@@ -89,6 +100,109 @@ def bench_one(name: str, cfg: dict, logdir: str, res: dict) -> dict:
     res["wall_seconds"] = round(time.monotonic() - t0, 1)
     res["loadavg_end"] = list(os.getloadavg())
     return res
+
+
+def _attempt(name: str, link, res: dict, key: str, fn) -> None:
+    """One cell: its metrics, or its failure reason; the run goes on either way."""
+    if not link.alive():
+        res["errors"][key] = link.exit_reason()
+        return
+    print(f"  {name}: {key} ...", end="", flush=True, file=sys.stderr)
+    try:
+        res["metrics"][key] = fn()
+        print(" ok", file=sys.stderr)
+    except (MeasureFailed, EnvError) as exc:
+        res["errors"][key] = str(exc)
+        print(f" failed: {exc}", file=sys.stderr)
+
+
+VM_KEYS = [iperf_key(m, 1, r) for m in MTUS for r in (False, True)] + ["rr", "crr"]
+
+
+def bench_vm(name: str, cfg: dict, logdir: str, res: dict) -> dict:
+    """One guest boot behind ``name`` (a vm.VM) for every VM cell; never raises
+    EnvError/MeasureFailed.  The daemon starts with -m MTUS[0] (or the first MTU the
+    row can run); the MTUS[1] cells run after the guest lowered its own MTU (see vm.py)."""
+    res.update({"section": "vm", "status": "interrupted", "metrics": {}, "errors": {}, "notes": [],
+                "memory_kib": {}, "pids": {}})
+    t0 = time.monotonic()
+    res["loadavg_start"] = list(os.getloadavg())
+    tr = ALL[name]
+    res["what"] = tr.describe()
+    status = "ok"
+    link = None
+    mtus = [m for m in MTUS if m not in tr.skip_mtus]
+    for mtu, why in tr.skip_mtus.items():
+        for r in (False, True):
+            res["errors"][iperf_key(mtu, 1, r)] = why
+    with make_env() as env:
+        res["topology"] = env.topology
+        try:
+            link = tr.start(env, mtus[0], logdir)
+        except (TranslatorFailed, EnvError, OSError, MeasureFailed) as exc:
+            status = f"failed: start: {exc}"
+            for key in VM_KEYS:
+                res["errors"].setdefault(key, "not run")
+        if link is not None:
+            try:
+                status = _vm_cells(name, env, link, cfg, res, mtus)
+            finally:
+                link.close()
+    res["status"] = status
+    if link is not None and tr.passtcore:
+        res["daemon_counters"] = link.final_counters()  # logged on SIGTERM
+    hwm = [m.get("VmHWM", 0) for m in res["memory_kib"].values()]
+    if hwm and max(hwm):
+        res["memory_kib"]["max_hwm"] = max(hwm)
+    if res["status"] == "ok" and res["errors"] and not res["metrics"]:
+        first = next(iter(res["errors"].items()))
+        res["status"] = f"failed: every test failed (first, {first[0]}: {first[1]})"
+    elif res["status"] == "ok" and any(not e.startswith("n/a") for e in res["errors"].values()):
+        res["status"] = f"partial: {sum(not e.startswith('n/a') for e in res['errors'].values())} test(s) failed"
+    res["wall_seconds"] = round(time.monotonic() - t0, 1)
+    res["loadavg_end"] = list(os.getloadavg())
+    return res
+
+
+def _vm_cells(name: str, env, link, cfg: dict, res: dict, mtus: list[int]) -> str:
+    res["pids"]["daemon"] = res["pid"] = link.pid
+    res["pids"]["qemu"] = link.qemu.pid
+    res["boot_seconds"] = link.boot_seconds
+    res["lease"] = link.extra.get("lease")
+    res["guest_kernel"] = link.extra.get("guest_kernel")
+    for note in link.notes:
+        if note not in res["notes"]:
+            res["notes"].append(note)
+    secs = cfg["vm_iperf_seconds"]
+    try:
+        budget = 300 + len(mtus) * 2 * (secs + 60) + cfg["vm_rr_seconds"] + cfg["vm_crr_seconds"]
+        measure.start_servers(env, link, max_seconds=budget)
+    except EnvError as exc:
+        for key in VM_KEYS:
+            res["errors"].setdefault(key, "not run")
+        return f"failed: servers: {exc}"
+    for mtu in mtus:
+        if link.guest_mtu != mtu:
+            try:
+                vm.set_guest_mtu(link, mtu)
+            except MeasureFailed as exc:
+                for r in (False, True):
+                    res["errors"][iperf_key(mtu, 1, r)] = f"guest MTU {mtu}: {exc}"
+                continue
+        for reverse in (False, True):
+            _attempt(name, link, res, iperf_key(mtu, 1, reverse),
+                     lambda r=reverse: vm.iperf(link, secs, r))
+        if mtu == mtus[0]:
+            _attempt(name, link, res, "rr", lambda: vm.rr(link, cfg["vm_rr_seconds"], cfg["vm_rr_rounds"]))
+            _attempt(name, link, res, "crr", lambda: vm.crr(link, cfg["vm_crr_seconds"]))
+        if link.pid:
+            res["memory_kib"][str(mtu)] = read_mem_kib(link.pid)
+    if res["errors"]:
+        for line in link.log_highlights():
+            note = f"log: {line}"
+            if note not in res["notes"]:
+                res["notes"].append(note)
+    return "ok" if link.alive() else f"failed: {link.exit_reason()}"
 
 
 def _all_keys() -> list[str]:
@@ -171,14 +285,20 @@ def _versions() -> dict:
             "pasta": first_line(["dpkg-query", "-W", "-f=${Version}", "passt"]),
             "pasta-upstream": (first_line([ALL["pasta-upstream"].exe, "--version"])
                                if "pasta-upstream" in ALL else None),
+            "passt-upstream": (first_line([ALL["passt-upstream"].exe, "--version"])
+                               if "passt-upstream" in ALL else None),
+            "qemu": vm.qemu_version(),
             "passtcore_backend": backend}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="passtcore end-to-end benchmark")
-    p.add_argument("--quick", action="store_true", help="3 s per iperf3 test (about 2 minutes)")
+    p.add_argument("--quick", action="store_true",
+                   help="3 s per iperf3 test (about 2 minutes, plus about 25 s per vm-* row)")
     p.add_argument("--only", default="", help="comma-separated subset of " + ",".join(ALL)
-                   + " (also accepted: passtcore-run, slirp)")
+                   + " (also accepted: passtcore-run, slirp; vm: every vm-* row)")
+    p.add_argument("--no-vm", action="store_true",
+                   help="leave out the vm-* rows (a QEMU guest each, about 30 s per row)")
     p.add_argument("--json", dest="json_out", default=DEFAULT_JSON,
                    help="write results to this JSON file (default: %(default)s)")
     p.add_argument("--baseline", metavar="EXE",
@@ -189,7 +309,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "the 'pasta-upstream' column")
     p.add_argument("--passt-upstream", metavar="EXE",
                    help="also measure this passt executable (an upstream build of your own) on "
-                        "the stream socket as the 'passt-upstream' column")
+                        "the stream socket as the 'passt-upstream' column, and behind a QEMU guest "
+                        "(vhost-user if it has --vhost-user) as 'vm-passt-upstream'")
     a = p.parse_args(argv)
     if a.passt_upstream:
         from translators import StreamSocket
@@ -197,6 +318,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if not os.access(a.passt_upstream, os.X_OK):
             p.error(f"--passt-upstream: {a.passt_upstream} is not an executable")
         ALL["passt-upstream"] = StreamSocket("passt-upstream", os.path.abspath(a.passt_upstream))
+        ALL["vm-passt-upstream"] = vm.upstream(os.path.abspath(a.passt_upstream))
     if a.pasta_upstream:
         from translators import Pasta
 
@@ -208,12 +330,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
         ALL["baseline"] = PasstcoreRun("baseline", a.baseline)
     names = [ALIASES.get(n.strip(), n.strip()) for n in a.only.split(",") if n.strip()] or list(ALL)
+    if "vm" in names:
+        names = [n for n in names if n != "vm"] + [n for n in ALL if n.startswith("vm-")]
+    if a.no_vm:
+        names = [n for n in names if not n.startswith("vm-")]
+    vm_rows = any(n.startswith("vm-") for n in names)
     if a.baseline and "baseline" not in names:
         names.append("baseline")
     if a.pasta_upstream and "pasta-upstream" not in names:
         names.append("pasta-upstream")
-    if a.passt_upstream and "passt-upstream" not in names:
+    if (a.passt_upstream and "passt-upstream" not in names
+            and any(not n.startswith("vm-") for n in names)):
         names.append("passt-upstream")
+    if a.passt_upstream and vm_rows and "vm-passt-upstream" not in names:
+        names.append("vm-passt-upstream")
     unknown = [n for n in names if n not in ALL]
     if unknown:
         p.error(f"unknown translator(s) {unknown}; choose from {','.join(ALL)}")
@@ -242,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in a.names:
             print(f"== {name}", file=sys.stderr, flush=True)
             doc["translators"][name] = {}  # filled in place: kept if interrupted
-            bench_one(name, cfg, logdir, doc["translators"][name])
+            if isinstance(ALL[name], vm.VM):
+                bench_vm(name, cfg, logdir, doc["translators"][name])
+            else:
+                bench_one(name, cfg, logdir, doc["translators"][name])
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: namespaces and processes cleaned up; partial results follow", file=sys.stderr)

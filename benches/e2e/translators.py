@@ -97,13 +97,15 @@ def _log_tail(path: str | None, lines: int = 2) -> str:
 
 
 def read_mem_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of ``pid`` in KiB (empty if the process is gone)."""
+    """VmRSS and VmHWM of ``pid`` in KiB, and VmRSS split in RssAnon/RssFile/RssShmem
+    (a vhost-user daemon's RssShmem is the guest memory it touched); empty if the
+    process is gone."""
     out: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
                     out[key] = int(rest.split()[0])
     except OSError:
         pass

@@ -18,6 +18,7 @@ NDP, TCP and UDP all come from its kernel.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import re
@@ -26,6 +27,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 MODULES = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
@@ -113,8 +115,14 @@ def _cpio(files: dict[str, tuple[int, bytes]]) -> bytes:
     return out.getvalue()
 
 
-def image(log=print) -> tuple[str, str]:
-    """(kernel, initramfs) paths, built on first use."""
+def image(log=print, extra: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(kernel, initramfs) paths, built on first use.
+
+    ``extra`` maps paths in the guest (e.g. ``/usr/bin/iperf3``) to host files to
+    add, with their shared libraries (see the module docstring); without it the
+    default image."""
+    if extra:
+        return _image_with_extra(log, extra)
     base = cache_dir()
     kernel, initrd = base / "vmlinuz", base / "initramfs.gz"
     if kernel.exists() and initrd.exists():
@@ -149,6 +157,54 @@ def image(log=print) -> tuple[str, str]:
         os.replace(str(initrd) + ".tmp", initrd)
     log(f"guest image: {kernel} ({len(blob) >> 10} KiB initramfs)")
     return str(kernel), str(initrd)
+
+
+def _shared_libs(exe: str) -> list[str]:
+    """The shared objects ``ldd`` lists for ``exe`` (loader included; [] if static)."""
+    r = subprocess.run(["ldd", exe], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:  # "not a dynamic executable"
+        return []
+    libs = []
+    for line in r.stdout.splitlines():
+        m = re.search(r"=>\s*(/\S+)", line) or re.match(r"\s*(/\S+)\s+\(", line)
+        if m:
+            libs.append(m.group(1))
+        elif "=>" in line and "not found" in line:
+            raise RuntimeError(f"ldd {exe}: {line.strip()}")
+    return libs
+
+
+def _extra_files(extra: Mapping[str, str]) -> dict[str, tuple[int, bytes]]:
+    files: dict[str, tuple[int, bytes]] = {}
+    for guest_path, host_path in extra.items():
+        files[guest_path.lstrip("/")] = (0o100755, Path(host_path).read_bytes())
+        for lib in _shared_libs(host_path):
+            files.setdefault(lib.lstrip("/"), (0o100755, Path(os.path.realpath(lib)).read_bytes()))
+    return files
+
+
+def _image_with_extra(log, extra: Mapping[str, str]) -> tuple[str, str]:
+    kernel, base_initrd = image(log)
+    files = _extra_files(extra)
+    base_blob = Path(base_initrd).read_bytes()
+    h = hashlib.sha256(base_blob)
+    for path, (mode, data) in sorted(files.items()):
+        h.update(f"{path}\0{mode:o}\0".encode() + hashlib.sha256(data).digest())
+    out = cache_dir() / f"extra-{h.hexdigest()[:16]}"
+    initrd = out / "initramfs.gz"
+    if initrd.exists():
+        return kernel, str(initrd)
+    log(f"guest image: adding {', '.join(sorted(extra))} and {len(files) - len(extra)} "
+        f"shared libraries")
+    out.mkdir(parents=True, exist_ok=True)
+    # gzip streams and cpio archives both concatenate: the kernel unpacks one after
+    # the other into the same rootfs.
+    blob = base_blob + gzip.compress(_cpio(files), compresslevel=6)
+    tmp = out / f"initramfs.gz.{os.getpid()}.tmp"   # two builders never share a file
+    tmp.write_bytes(blob)
+    os.replace(tmp, initrd)
+    log(f"guest image: {initrd} ({len(blob) >> 10} KiB initramfs)")
+    return kernel, str(initrd)
 
 
 class Console:
@@ -196,6 +252,10 @@ class Console:
 
     def run(self, cmd: str, timeout: float = 60.0) -> tuple[int, str]:
         """Run ``cmd`` in the guest's shell: (exit status, output)."""
+        if "\n" in cmd or "\r" in cmd:
+            # one command per line: a second line would run outside the status
+            # marker, and a syntax error there ends the shell (and the guest: it is init)
+            raise ValueError("a guest command is one line")
         self.seq += 1
         line = f"{cmd}; echo __PC{self.seq}__$?__END"
         self.sock.sendall(line.encode() + b"\n")

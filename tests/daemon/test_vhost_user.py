@@ -12,6 +12,7 @@ namespace; the guest's only network is the daemon.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -46,8 +47,11 @@ def guest_image() -> tuple[str, str]:
         pytest.skip("vhost-user under TCG needs QEMU >= 9 (scripts/install-system-deps.sh "
                     "installs 10 from bookworm-backports); Debian 12's 7.2 crashes here")
     from passtcore.sandbox import guest
+    # the host's iperf3 (UDP both ways) and ISC dhclient (a real DHCPv6 client),
+    # with their shared libraries, on top of the busybox image
+    extra = {p: p for p in (shutil.which("iperf3"), shutil.which("dhclient")) if p}
     try:
-        return guest.image(log=lambda m: None)
+        return guest.image(log=lambda m: None, extra=extra)
     except (OSError, subprocess.CalledProcessError, RuntimeError) as exc:
         pytest.skip(f"no guest image: {exc}")
 
@@ -89,7 +93,7 @@ def vm(sandbox: Sandbox, guest_image: tuple[str, str], request: pytest.FixtureRe
     """A daemon in vhost-user mode (-t FWD_PORT -u UDP_PORT, MTU 1500) and a booted
     guest with its DHCP lease: once with the device's checksum/TSO offloads and MRG_RXBUF
     (what QEMU offers by default), once with all of them off (plain frames)."""
-    d = sandbox.start_daemon("--vhost-user", "-t", str(FWD_PORT), "-u", str(UDP_PORT),
+    d = sandbox.start_daemon("--vhost-user", "-t", f"{FWD_PORT},{UDP_PORT}", "-u", str(UDP_PORT),
                              "-m", "1500", "--runas", "0", mode="socket")
     q, con = boot(sandbox, guest_image, d.socket_path,
                   device_opts="" if request.param == "offloads" else NO_OFFLOADS)
@@ -166,6 +170,155 @@ def test_tcp_both_ways_and_udp(vm: Sandbox) -> None:
         assert c["bytes_out"] / c["frames_out"] < 1600, c
     assert not {k: v for k, v in c.items() if k.startswith("drop.virtq-")}, c
 
+
+
+def test_ipv6_slaac_ndp_and_ping(vm: Sandbox) -> None:
+    """The guest kernel's own IPv6: router solicitation answered (SLAAC address in
+    the host's prefix, default route via our link-local), neighbour discovery of
+    the gateway, echo to the global and the link-local address."""
+    con = vm.console
+    out = ""
+    for _ in range(20):   # DAD and the first RA take a second or two under TCG
+        rc, out = con.run("ip -6 addr show dev eth0 scope global; ip -6 route show default")
+        if "2001:db8::" in out and "default via fe80::" in out:
+            break
+        time.sleep(0.5)
+    assert re.search(r"inet6 2001:db8::[0-9a-f:]+/64 scope global", out), out
+    ours = re.search(r"default via (fe80::[0-9a-f:]+)", out).group(1)
+    rc, out = con.run(f"ping6 -c 2 -W 3 2001:db8::1 && ping6 -c 1 -W 3 {ours}%eth0 "
+                      "&& ip -6 neigh show dev eth0")
+    assert rc == 0 and out.count("packets received") == 2, out
+    assert Sandbox.host_mac.lower() in out.lower(), out   # the gateway's MAC, learnt by NDP
+    c = vm.daemon.counters()
+    assert c.get("ndp-reply", 0) >= 2 and c.get("icmp_flows", 0) + c.get("icmpv6_flows", 0) >= 1, c
+
+
+
+def test_dhcpv6_with_a_real_client(vm: Sandbox) -> None:
+    """ISC dhclient -6 in the guest: Solicit/Advertise/Request/Reply (or rapid
+    commit) gets the host's address and our resolvers."""
+    con = vm.console
+    rc, out = con.run("command -v dhclient")
+    if rc != 0:
+        pytest.skip("no dhclient in the guest image (isc-dhcp-client on the host)")
+    rc, out = con.run("mkdir -p /var/lib/dhcp /var/db; for i in 1 2 3 4 5 6 7 8 9 10; do "
+                      "ip -6 addr show dev eth0 scope link | grep -v tentative | grep -q fe80 && break; "
+                      "sleep 0.5; done; "
+                      "timeout 60 dhclient -6 -1 -v -sf /bin/true -lf /tmp/l6 -pf /tmp/p6 eth0; "
+                      "cat /tmp/l6", 90)
+    assert rc == 0, out
+    assert re.search(r"iaaddr 2001:db8::2 ", out), out
+    assert "dhcp6.name-servers 2001:db8::1" in out, out
+    c = vm.daemon.counters()
+    assert sum(v for k, v in c.items() if k.startswith("dhcpv6")) >= 2, c
+
+
+def _iperf3_json(proc: subprocess.Popen[Any]) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=60)
+    return json.loads(out)
+
+
+def test_udp_both_ways_and_inbound_with_iperf3(vm: Sandbox) -> None:
+    """UDP through the daemon's UDP flows: guest->host datagrams, host->guest on
+    the same flow (-R), and host->guest through the forwarded UDP port; loss is
+    measured by iperf3's sequence numbers at the receiver."""
+    con = vm.console
+    iperf3 = shutil.which("iperf3")
+    rc, _ = con.run("command -v iperf3")
+    if rc != 0 or not iperf3:
+        pytest.skip("no iperf3 in the guest image (iperf3 on the host)")
+    # guest -> host, to the gateway (the host's loopback)
+    srv = vm.popen_host(iperf3, "-s", "-1", "-J", "-B", "127.0.0.1", "-p", "5301",
+                        stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: ":5301 " in vm.host("ss", "-Htln").stdout, 10, "iperf3 server")
+        rc, out = con.run("iperf3 -u -c 192.0.2.1 -p 5301 -b 20M -l 1200 -t 2", 60)
+        assert rc == 0, out
+        s = _iperf3_json(srv)["end"]["sum"]
+        assert s["packets"] > 1000 and s["lost_percent"] < 5, s
+    finally:
+        stop_process(srv)
+    # host -> guest on the guest's flow (-R: the server sends)
+    srv = vm.popen_host(iperf3, "-s", "-1", "-B", "127.0.0.1", "-p", "5302",
+                        stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: ":5302 " in vm.host("ss", "-Htln").stdout, 10, "iperf3 server")
+        rc, out = con.run("iperf3 -u -R -c 192.0.2.1 -p 5302 -b 20M -l 1200 -t 2", 60)
+        m = re.search(r"(\d+)/(\d+) \(([\d.e+-]+)%\)\s+receiver", out)
+        assert rc == 0 and m and int(m.group(2)) > 1000 and float(m.group(3)) < 5, out
+    finally:
+        stop_process(srv)
+    # host -> guest through the forwarded port (-t and -u UDP_PORT)
+    rc, out = con.run(f"iperf3 -s -1 -D -p {UDP_PORT}; sleep 0.5")
+    assert rc == 0, out
+    cli = vm.popen_host(iperf3, "-u", "-c", "127.0.0.1", "-p", str(UDP_PORT), "-b", "20M",
+                        "-l", "1200", "-t", "2", "-J", stdout=subprocess.PIPE, text=True)
+    s = _iperf3_json(cli)["end"]["sum"]
+    assert s["packets"] > 1000 and s["lost_percent"] < 5, s
+    c = vm.daemon.counters()
+    # a flow per guest-side port for the two outbound runs (the inbound one rides
+    # the forwarded port's own socket)
+    assert c.get("udp_flows", 0) >= 2, c
+
+# 100 MiB each way, sha256 at both ends: host->guest over IPv4, guest->host over IPv6
+BULK = 100 << 20
+SEND_SERVER = r"""
+import hashlib, os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1); s.settimeout(120)
+print("listening", flush=True)
+c, _ = s.accept()
+h = hashlib.sha256(); left = int(sys.argv[2])
+while left:
+    b = os.urandom(min(left, 1 << 20)); c.sendall(b); h.update(b); left -= len(b)
+c.close()
+print(h.hexdigest(), flush=True)
+"""
+RECV_SERVER = r"""
+import hashlib, socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::1", int(sys.argv[1]))); s.listen(1); s.settimeout(120)
+print("listening", flush=True)
+c, _ = s.accept(); c.settimeout(120)
+h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    h.update(b); n += len(b)
+print(n, h.hexdigest(), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_100mib_each_way_sha256(vm: Sandbox) -> None:
+    con = vm.console
+    srv = vm.popen_host(sys.executable, "-c", SEND_SERVER, "7101", str(BULK),
+                        stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "listening"
+        rc, out = con.run("nc 192.0.2.1 7101 | sha256sum", 300)
+        want = srv.stdout.readline().strip()
+        assert rc == 0 and want and want in out, (out, want)
+    finally:
+        stop_process(srv)
+    srv = vm.popen_host(sys.executable, "-c", RECV_SERVER, "7102", stdout=subprocess.PIPE,
+                        text=True)
+    try:
+        assert srv.stdout.readline().strip() == "listening"
+        rc, out = con.run("rm -f /tmp/p /tmp/h; mkfifo /tmp/p; sha256sum < /tmp/p > /tmp/h & "
+                          f"dd if=/dev/urandom bs=65536 count={BULK >> 16} 2>/dev/null "
+                          "| tee /tmp/p | nc 2001:db8::1 7102; wait; cat /tmp/h", 300)
+        got = srv.stdout.readline().split()
+        assert rc == 0 and got[0] == str(BULK) and got[1] in out, (out, got)
+    finally:
+        stop_process(srv)
+    c = vm.daemon.counters()
+    assert not {k: v for k, v in c.items() if k.startswith("drop.virtq-")}, c
+    # host->guest TCP went straight from the socket into guest memory
+    assert c.get("vhost_rx_direct", 0) > 1000, str(c)
 
 # A DNS server that answers every A query with 198.51.100.77 (RFC 1035 4.1).
 DNS_SERVER = r"""

@@ -96,6 +96,13 @@ class Frontend:
     #: ``gso_size``) and segments them, or has them segmented, at that size
     tso = False
 
+    #: ``push_direct(fast, conn, woken, seg, now, lengths) -> int``: a front end
+    #: whose guest memory the engines can write (vhost-user) sends TCP host data
+    #: without the slots (``FastPath.push_vq``); -1: take the slot path; -2: the
+    #: guest has no receive buffers, ``rx_wakeup()`` is called once it posts some
+    push_direct = None
+    rx_wakeup: Callable[[], Any] | None = None
+
     def tx_commit(self, lengths: Sequence[int], gso_size: int = 0) -> int:
         """Send the first ``len(lengths)`` slots as frames of those lengths; the
         number of frames accepted (the others are counted as drops). With ``tso``,

@@ -39,6 +39,7 @@ import errno
 import logging
 import mmap
 import os
+import select
 import socket
 import struct
 from array import array
@@ -122,6 +123,16 @@ class Ring:
         self.queue: Any = None  # passtcore.virtq.Virtqueue, built on first use
 
 
+def _requeue(ring: Ring) -> None:
+    """Drop a ring's queue (rebuilt over the new addresses or mappings on next use)
+    but keep its place: the new queue starts from the last available index taken,
+    not from the base the ring was started at, or a running ring (a memory table
+    sent again on memory hotplug) would take the guest's old chains once more."""
+    if ring.queue is not None:
+        ring.base = ring.queue.last_avail
+        ring.queue = None
+
+
 class Session:
     """The control channel's state machine (see the module docstring)."""
 
@@ -192,7 +203,8 @@ class Session:
                 raise VhostError("vhost-bad-size")
             index, _flags, desc, used, avail, _log = struct.unpack("<IIQQQQ", payload)
             ring = self._ring(index)
-            ring.desc, ring.used, ring.avail, ring.queue = desc, used, avail, None
+            _requeue(ring)   # sent again on a running ring (QEMU: dirty logging on or off)
+            ring.desc, ring.used, ring.avail = desc, used, avail
             return None, fds
         if request == GET_VRING_BASE:
             index, _ = self._state(payload)
@@ -249,7 +261,7 @@ class Session:
         old = [r[4] for r in self.regions]
         self.regions = regions
         for ring in self.rings:
-            ring.queue = None      # its pointers were into the old mappings
+            _requeue(ring)         # its pointers were into the old mappings
         self.dirty_memory = True
         return old                 # the new fds are kept; the old ones go
 
@@ -282,6 +294,7 @@ class VhostUserFrontend(Frontend):
         self.slot_offsets = array("q", [i * self.stride + self.HEADROOM
                                         for i in range(self.nslots)])
         self._watched: dict[int, int] = {}   # kick fd -> ring index
+        self._blocking_calls: set[int] = set()   # call fds in blocking mode (not QEMU's)
 
     # -- connection ------------------------------------------------------------
     def start(self) -> None:
@@ -394,7 +407,9 @@ class VhostUserFrontend(Frontend):
             self.counters.drop(exc.reason)
             log.debug("vhost-user: %s refused: %s", name, exc)
             reply, close, failed = None, fds, True
-        self._sync_rings()   # stop watching replaced or stopped kick fds before they close
+        bad = self._sync_rings()   # stop watching replaced or stopped kick fds before they close
+        if bad:
+            close, failed = [*close, *bad], True
         for fd in close:
             _close(fd)
         log.debug("vhost-user: %s (%d bytes%s)", name, len(payload),
@@ -472,14 +487,31 @@ class VhostUserFrontend(Frontend):
                 ring.num = 0
         return ring.queue
 
-    def _sync_rings(self) -> None:
-        """Watch the kick fd of every running ring; forget the others."""
+    def _sync_rings(self) -> list[int]:
+        """Watch the kick fd of every running ring; forget the others. Note the call
+        fds in blocking mode (QEMU's eventfds are not; a full pipe must not stall
+        the loop: ``_call`` polls those first). A kick fd epoll refuses (a regular
+        file) is taken off its ring and counted: the fds to close, the message failed."""
+        bad = []
+        self._blocking_calls.clear()
         for index, ring in enumerate(self.session.rings):
-            if ring.kick >= 0 and ring.kick not in self._watched:
-                self._watched[ring.kick] = index
-                self.loop.add_reader(ring.kick, lambda fd=ring.kick: self._on_kick(fd))
+            fd = ring.kick
+            if fd >= 0 and fd not in self._watched:
+                try:
+                    self.loop.add_reader(fd, lambda fd=fd: self._on_kick(fd))
+                except OSError as exc:
+                    self.loop.remove_reader(fd)
+                    log.debug("vhost-user: ring %d: kick fd refused: %s", index, exc)
+                    self.counters.drop("vhost-bad-fds")
+                    ring.kick, ring.started = -1, False
+                    bad.append(fd)
+                else:
+                    self._watched[fd] = index
+            if ring.call >= 0 and os.get_blocking(ring.call):
+                self._blocking_calls.add(ring.call)
         for fd in [fd for fd, i in self._watched.items() if self.session.rings[i].kick != fd]:
             self._unwatch(fd)
+        return bad
 
     def _unwatch(self, fd: int) -> None:
         if self._watched.pop(fd, None) is not None:
@@ -496,12 +528,14 @@ class VhostUserFrontend(Frontend):
         index = self._watched.get(fd)
         if index == TX:
             self._tx()
-        elif index == RX:
-            pass   # new receive buffers: frames that found none were dropped and counted
+        elif index == RX and self.rx_wakeup is not None:
+            self.rx_wakeup()   # new receive buffers: connections waiting for them go on
 
     def _call(self, index: int, q: Any) -> None:
         ring = self.session.rings[index]
         if ring.call >= 0 and q.need_call():
+            if ring.call in self._blocking_calls and not _writable(ring.call):
+                return   # the interrupt is lost, not the loop
             try:
                 os.write(ring.call, b"\1\0\0\0\0\0\0\0")
             except OSError:
@@ -540,6 +574,32 @@ class VhostUserFrontend(Frontend):
             q.errors.clear()
 
     # -- host -> guest ----------------------------------------------------------------
+    def push_direct(self, fast: Any, c: Any, woken: bool, seg: int, now: float,
+                    lengths: Any) -> int:
+        """TCP host data peeked from the socket straight into the guest's receive
+        buffers, headers written in place (``FastPath.push_vq``): no copy through
+        the slots. -1 when the slot path must decide (see push_vq)."""
+        ring = self.session.rings[RX]
+        q = self._queue(RX) if self.conn is not None and ring.enabled else None
+        if q is None:
+            return -1
+        gso = c.mss if self.tso else 0
+        n = fast.push_vq(c, woken, q, bool(self.session.features & F_MRG_RXBUF), gso,
+                         NET_HDR_LEN, seg, now, lengths)
+        if n == -2:
+            self.counters.inc("vhost_rx_wait")
+        elif n > 0:
+            counters = self.counters
+            big = c.mss + (54 if c.v == 4 else 74)
+            for i in range(n):
+                counters.frame_out(lengths[i])
+                if gso and lengths[i] > big:
+                    counters.inc("vhost_gso_out")
+            counters.inc("vhost_rx_direct", n)
+            self._call(RX, q)
+        self._count_errors(q)
+        return n
+
     def _transmit(self, lengths: Sequence[int], gso_size: int = 0) -> int:
         ring = self.session.rings[RX]
         q = self._queue(RX) if self.conn is not None and ring.enabled else None
@@ -574,7 +634,6 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
         try:
             data = sock.recv(n)
         except BlockingIOError:
-            import select
             select.select([sock], [], [], 1.0)
             continue
         if not data:
@@ -584,6 +643,12 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
         if not n:
             return b"".join(chunks)
     return None
+
+
+def _writable(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLOUT)
+    return bool(p.poll(0))
 
 
 def _close(fd: int) -> None:

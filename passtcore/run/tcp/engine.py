@@ -62,6 +62,7 @@ class TcpEngine:
         self.held_total = 0
         self._ack_queue: list[Conn] = []
         self.inflight: set[Conn] = set()   # data or FIN sent, not yet acknowledged
+        self.rx_blocked: set[Conn] = set()  # waiting for the guest's receive buffers
         self.stalled: set[Conn] = set()    # the guest's window is shut: probe it
         self._views: dict[tuple[int, int, int], list[memoryview]] = {}
         self._seg_lens: dict[int, array] = {}       # payload lengths of full bursts, by size
@@ -192,6 +193,7 @@ class TcpEngine:
         c.events = CLOSED
         self.inflight.discard(c)
         self.stalled.discard(c)
+        self.rx_blocked.discard(c)
         c.pend, c.pend_bytes = [], 0
         if c.held:
             self.held_total -= c.held_bytes
@@ -710,6 +712,13 @@ class TcpEngine:
             self._ack_later(c)
 
     # -- host side -------------------------------------------------------------
+    def _on_rx_space(self) -> None:
+        """The guest posted receive buffers: connections that found none go on."""
+        blocked, self.rx_blocked = self.rx_blocked, set()
+        for c in blocked:
+            if c.sock is not None and not c.events & CLOSED:
+                self._push(c)
+
     def _on_readable(self, c: Conn) -> None:
         if c.sock is not None:
             c.last_activity = self._now()
@@ -726,14 +735,28 @@ class TcpEngine:
             # the common case in one kernel call: peek, headers, window, low-water mark
             ctx = self.ctx
             frontend = ctx.frontend
-            buf, first, stride = frontend.slot_layout()
             lengths = self._frame_lens
-            n = fast.push(c, woken, buf, first, stride, min(NSLOTS, frontend.nslots),
-                          self._seg_size(c), self._now(), lengths)
-            if n >= 0:
-                if n:
+            n = -1
+            direct = frontend.push_direct if ctx.pcap is None else None
+            if direct is not None:   # into guest memory: sent already
+                n = direct(fast, c, woken, self._seg_size(c), self._now(), lengths)
+                if n > 0:
+                    self.inflight.add(c)
+                elif n == -2:
+                    # the guest has no receive buffer: read nothing until it posts
+                    # some (rather than drop frames and wait for retransmissions)
+                    self.rx_blocked.add(c)
+                    frontend.rx_wakeup = self._on_rx_space
+                    self._set_reading(c, False)
+                    return
+            if n < 0:
+                buf, first, stride = frontend.slot_layout()
+                n = fast.push(c, woken, buf, first, stride, min(NSLOTS, frontend.nslots),
+                              self._seg_size(c), self._now(), lengths)
+                if n > 0:
                     ctx.tx_commit(lengths[:n], c.mss)
                     self.inflight.add(c)
+            if n >= 0:
                 flags = fast.push_flags
                 if flags & fp.PUSH_NOREAD:
                     self._set_reading(c, False)
