@@ -142,8 +142,10 @@ def main(argv: list[str]) -> None:
         print(outcome(c), flush=True)
     elif mode == "ping-client":          # connect, send, report how it ended + time
         t0 = time.monotonic()
-        s = connect(addr, port)
         try:
+            # the relay may reset before connect() returns (the RST of an accepted
+            # connection whose host side was refused arrives with the handshake)
+            s = connect(addr, port)
             s.sendall(b"ping")
         except (BrokenPipeError, ConnectionResetError):
             print(f"reset 0 {time.monotonic() - t0:.3f}", flush=True)

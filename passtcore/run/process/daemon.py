@@ -195,6 +195,11 @@ def _run(opts: Any, early: tuple[Any, str] | None) -> int:
         raise FatalError(f"-t/-u auto: can't watch the ports of {opts.netns}: "
                          f"{exc.strerror or exc}") from None
 
+    isolation = os.environ.get("PASSTCORE_NO_ISOLATION") != "1"
+    if isolation:   # modules, libseccomp: read while the files are still readable
+        from passtcore.run.process import isolate
+
+        isolate.prepare()
     ids = _resolve_runas(opts)
     if early is not None and ids is not None:
         try:
@@ -213,7 +218,15 @@ def _run(opts: Any, early: tuple[Any, str] | None) -> int:
         os.write(pid_fd, f"{os.getpid()}\n".encode())
         os.close(pid_fd)
     handler.daemonised(opts.stderr, opts.foreground)
-    harden()
+    if not isolation:
+        harden()
+        log.warning("isolation off (PASSTCORE_NO_ISOLATION=1): no namespaces, empty root "
+                    "or seccomp")
+    else:
+        done = isolate.isolate(keep_filesystem=bool(opts.namespace_mode))
+        log.info("isolation: %s", ", ".join(f"{k} {v}" for k, v in done.items()))
+        for kind in filter(None, os.environ.get("PASSTCORE_ISOLATION_PROBE", "").split(",")):
+            log.info("isolation probe %s", isolate.probe(kind))
     try:
         return _serve(opts, loop, counters, handler, dispatcher, frontend, pcap)
     except Exception as exc:  # after the fork nobody sees stderr: log it
