@@ -42,6 +42,7 @@ import os
 import select
 import socket
 import struct
+import time
 from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -519,7 +520,10 @@ class VhostUserFrontend(Frontend):
 
     def _on_kick(self, fd: int) -> None:
         try:
-            os.read(fd, 8)
+            if os.read(fd, 8) == b"":   # a pipe at EOF, not an eventfd: it would spin
+                self.counters.drop("vhost-bad-fds")
+                self._unwatch(fd)
+                return
         except BlockingIOError:
             pass
         except OSError:
@@ -628,13 +632,21 @@ class VhostUserFrontend(Frontend):
         return done
 
 
+RECV_DEADLINE = 1.0     # the rest of a message that has started: a front end that
+                        # stops half-way loses its connection, the loop does not wait
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     chunks = []
+    deadline = time.monotonic() + RECV_DEADLINE
     for _ in range(64):     # bounded: a message arrives in a few reads at most
         try:
             data = sock.recv(n)
         except BlockingIOError:
-            select.select([sock], [], [], 1.0)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            select.select([sock], [], [], left)
             continue
         if not data:
             return None
