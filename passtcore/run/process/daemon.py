@@ -199,7 +199,7 @@ def _run(opts: Any, early: tuple[Any, str] | None) -> int:
     if isolation:   # modules, libseccomp: read while the files are still readable
         from passtcore.run.process import isolate
 
-        isolate.prepare()
+        isolate.prepare(keep_filesystem=bool(opts.namespace_mode))
     ids = _resolve_runas(opts)
     if early is not None and ids is not None:
         try:

@@ -31,7 +31,8 @@ log says which and why):
    modules, bpf, keyrings, ...) kill the process; anything else fails with
    EPERM, so that a rare path of the interpreter we did not see raises an
    ``OSError`` in Python (logged and counted) instead of taking every guest
-   connection down with it.
+   connection down with it. Namespace mode also may open and read links
+   (``ALLOWED_WITH_FILES``: it keeps the filesystem and reads /proc).
 
 ``status()`` says what was done, for the log and the tests.
 """
@@ -75,6 +76,10 @@ ALLOWED = (
     "statx", "sysinfo", "tgkill", "timerfd_create", "timerfd_gettime",
     "timerfd_settime", "uname", "write", "writev",
 )
+# Namespace mode keeps the filesystem, and reads /proc there: its own sockets
+# (/proc/self/fd, so that -t/-u auto never forwards them back) and the ports
+# bound in either namespace (/proc/net, for auto).
+ALLOWED_WITH_FILES = ("openat", "readlink", "readlinkat")
 # Killed at once: what an attacker who took the daemon's Python would try first.
 KILLED = (
     "bpf", "chroot", "delete_module", "execve", "execveat", "finit_module",
@@ -185,7 +190,7 @@ def _last_cap() -> int:
         return 63
 
 
-def build_filter() -> Any:
+def build_filter(keep_filesystem: bool = False) -> Any:
     """The seccomp filter (not loaded): None without pyseccomp/libseccomp."""
     try:
         import pyseccomp as seccomp
@@ -197,7 +202,7 @@ def build_filter() -> Any:
     refuse = seccomp.LOG if audit else seccomp.ERRNO(errno.EPERM)
     kill = seccomp.LOG if audit else seccomp.KILL_PROCESS
     flt = seccomp.SyscallFilter(defaction=refuse)
-    for name in ALLOWED:
+    for name in ALLOWED + (ALLOWED_WITH_FILES if keep_filesystem else ()):
         try:
             flt.add_rule(seccomp.ALLOW, name)
         except (ValueError, RuntimeError, OSError):
@@ -227,7 +232,7 @@ def build_filter() -> Any:
 _prepared: dict[str, Any] = {}
 
 
-def prepare() -> None:
+def prepare(keep_filesystem: bool = False) -> None:
     """Before ``--runas``: what needs the filesystem as the original user (the
     interpreter may live where nobody else can read: modules, libseccomp, the
     kernel's capability count)."""
@@ -237,7 +242,7 @@ def prepare() -> None:
     _prepared["bounding"] = _drop_bounding(_libc(), _prepared["last_cap"])
     preload()
     try:
-        _prepared["filter"] = build_filter()
+        _prepared["filter"] = build_filter(keep_filesystem)
     except OSError as exc:
         _prepared["filter"], _prepared["why"] = None, str(exc.strerror or exc)
 
@@ -245,7 +250,7 @@ def prepare() -> None:
 def isolate(keep_filesystem: bool) -> dict[str, str]:
     """Steps 1-5 of the module docstring (``prepare()`` first); what was done."""
     if not _prepared:
-        prepare()
+        prepare(keep_filesystem)
     libc = _libc()
     flt = _prepared["filter"]
     steps: list[tuple[str, Any]] = []
