@@ -106,11 +106,16 @@ def preload() -> None:
     import passtcore.run
 
     for mod in ("linecache", "traceback", "encodings.idna", "encodings.ascii",
-                "encodings.latin_1"):
+                "encodings.latin_1", "ipaddress", "select", "passtcore.portspec",
+                "passtcore.netns"):
         try:
             importlib.import_module(mod)
         except ImportError:
             pass
+    import passtcore
+
+    for kernel in ("csum", "headers", "batch", "flowtable", "fastpath", "virtq"):
+        getattr(passtcore, kernel)   # the backend's kernels (lazy attributes)
     for info in pkgutil.walk_packages(passtcore.run.__path__, "passtcore.run."):
         if info.name.endswith((".cli", ".helper", "__main__")):
             continue
