@@ -957,21 +957,7 @@ cdef class FastPath:
                 seq = <uint32_t>(seq + <uint32_t>plen)
         finally:
             PyBuffer_Release(&v)
-        c.last_wnd = wnd
-        c.ack_sent = c.seq_from_tap
-        if outstanding == 0:
-            c.last_progress = now
-        c.seq_to_tap = seq
-        outstanding += got
-        flags = C_PUSH_INFLIGHT
-        if c.wnd_from_tap - outstanding <= 0:
-            flags |= C_PUSH_NOREAD
-        else:
-            flags |= C_PUSH_READ if self._lowat(c, outstanding + 1) else C_PUSH_NOREAD
-        self.push_flags = flags
-        d = self.counters
-        d["tcp_segments_to_guest"] = d.get("tcp_segments_to_guest", 0) + count
-        return count
+        return self._pushed(c, seq, got, outstanding, wnd, now, count)
 
     def push_vq(self, TcpConn c, bint woken, Virtqueue q not None, bint mergeable,
                 Py_ssize_t gso, Py_ssize_t hdr_len, Py_ssize_t seg, double now, out):
@@ -1113,6 +1099,14 @@ cdef class FastPath:
                 pc_put16le(h + 8, 16)
             seq = <uint32_t>(seq + <uint32_t>plen)
         q.rx_finish_c(<int>count, &res[0], hdr_len)
+        return self._pushed(c, seq, got, outstanding, wnd, now, count)
+
+    cdef Py_ssize_t _pushed(self, TcpConn c, uint32_t seq, long long got,
+                            long long outstanding, long long wnd, double now,
+                            Py_ssize_t count) except -1:
+        """After a burst of ``count`` frames (``got`` bytes, up to ``seq``): the
+        connection's state, the low-water mark and ``push_flags``; ``count``."""
+        cdef int flags
         c.last_wnd = wnd
         c.ack_sent = c.seq_from_tap
         if outstanding == 0:

@@ -658,21 +658,7 @@ class FastPath:
                                         c.raddr, c.gaddr, c.rport, c.gport, seq, c.seq_from_tap,
                                         ACK, wnd, plen)
             seq = (seq + plen) & M32
-        c.last_wnd = wnd
-        c.ack_sent = c.seq_from_tap
-        if not outstanding:
-            c.last_progress = now
-        c.seq_to_tap = seq
-        outstanding += got
-        flags = PUSH_INFLIGHT
-        if c.wnd_from_tap - outstanding <= 0:
-            flags |= PUSH_NOREAD
-        else:
-            flags |= PUSH_READ if self._lowat(c, outstanding + 1) else PUSH_NOREAD
-        self.push_flags = flags
-        d = self.counters
-        d["tcp_segments_to_guest"] = d.get("tcp_segments_to_guest", 0) + count
-        return count
+        return self._pushed(c, seq, got, outstanding, wnd, now, count)
 
     def push_vq(self, c: Any, woken: bool, q: Any, mergeable: bool, gso: int, hdr_len: int,
                 seg: int, now: float, out: Any) -> int:
@@ -774,6 +760,12 @@ class FastPath:
             h[hdr_len:hdr_len + hl] = frame[:hl]
             seq = (seq + plen) & M32
         q.rx_finish(count, out, hdr_len)
+        return self._pushed(c, seq, got, outstanding, wnd, now, count)
+
+    def _pushed(self, c: Any, seq: int, got: int, outstanding: int, wnd: int, now: float,
+                count: int) -> int:
+        """After a burst of ``count`` frames (``got`` bytes, up to ``seq``): the
+        connection's state, the low-water mark and ``push_flags``; ``count``."""
         c.last_wnd = wnd
         c.ack_sent = c.seq_from_tap
         if not outstanding:
