@@ -3,6 +3,7 @@ with the guest's real kernel stack as the peer."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -81,3 +82,37 @@ def test_no_netns_quit_keeps_running(serve_guest) -> None:
     subprocess.run(["ip", "netns", "del", sb.guest_ns], check=True, timeout=20)
     time.sleep(2.5)
     assert sb.daemon.alive()
+
+
+def test_quits_when_the_target_process_goes(sandbox: Sandbox) -> None:
+    """A namespace given as a PID: the isolated daemon (no capabilities: the
+    target's /proc entries are out of its reach) keeps serving while the process
+    lives, and exits 0 once it ends (a pidfd taken before isolation)."""
+    import time
+
+    from passtcore.sandbox import daemon_binary
+
+    holder = sandbox.popen_guest("sleep", "60")
+    time.sleep(0.2)
+    log = sandbox.path("target.log")
+    proc = sandbox.popen_host(daemon_binary(), "-f", "--runas", "0", "-l", log,
+                              "--ns-ifname", "eth0", str(holder.pid))
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if os.path.exists(log) and "ready: serving" in open(log).read():
+                break
+            time.sleep(0.05)
+        time.sleep(2.5)   # the old path watch gave up after 1 s without capabilities
+        assert proc.poll() is None, open(log).read()[-1500:]
+        holder.kill()
+        holder.wait()
+        assert proc.wait(10) == 0
+        assert "is gone, exiting" in open(log).read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()

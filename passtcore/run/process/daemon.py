@@ -195,6 +195,7 @@ def _run(opts: Any, early: tuple[Any, str] | None) -> int:
         raise FatalError(f"-t/-u auto: can't watch the ports of {opts.netns}: "
                          f"{exc.strerror or exc}") from None
 
+    watch = _netns_watch(opts)   # before --runas and isolation (see _netns_watch)
     isolation = os.environ.get("PASSTCORE_NO_ISOLATION") != "1"
     if isolation:   # modules, libseccomp: read while the files are still readable
         from passtcore.run.process import isolate
@@ -228,14 +229,30 @@ def _run(opts: Any, early: tuple[Any, str] | None) -> int:
         for kind in filter(None, os.environ.get("PASSTCORE_ISOLATION_PROBE", "").split(",")):
             log.info("isolation probe %s", isolate.probe(kind))
     try:
-        return _serve(opts, loop, counters, handler, dispatcher, frontend, pcap)
+        return _serve(opts, loop, counters, handler, dispatcher, frontend, pcap, watch)
     except Exception as exc:  # after the fork nobody sees stderr: log it
         log.error("fatal: %r", exc, exc_info=True)
         return 1
 
 
+def _netns_watch(opts: Any) -> int | None:
+    """A pidfd of the target process when the namespace is a PID's (``/proc/PID/ns/net``):
+    its /proc entries are out of reach once we hold no capabilities (ptrace access
+    rules), and a pidfd says when the process ends without them. None otherwise:
+    a namespace file (``/run/netns/NAME``) is watched by its path."""
+    import re
+
+    m = re.fullmatch(r"/proc/(\d+)/ns/net", str(opts.netns or ""))
+    if not (opts.namespace_mode and not opts.no_netns_quit and m):
+        return None
+    try:
+        return os.pidfd_open(int(m.group(1)))
+    except (OSError, AttributeError):
+        return None
+
+
 def _serve(opts: Any, loop: Any, counters: Counters, handler: Any, dispatcher: Any,
-           frontend: Any, pcap: Any) -> int:
+           frontend: Any, pcap: Any, watch: int | None = None) -> int:
 
     def terminate(signum: int) -> None:
         log.info("Received signal %d, exiting", signum)
@@ -252,8 +269,16 @@ def _serve(opts: Any, loop: Any, counters: Counters, handler: Any, dispatcher: A
                   exc_info=opts.debug)
 
     loop.on_error = on_error
-    if opts.namespace_mode and not opts.no_netns_quit:
-        # Like pasta: quit when the namespace file (or the target process) goes away.
+    if watch is not None:
+        # Like pasta: quit when the target process goes away (its pidfd turns readable).
+        def target_gone() -> None:
+            log.info("Namespace %s is gone, exiting", opts.netns)
+            loop.remove_reader(watch)
+            loop.stop(0)
+
+        loop.add_reader(watch, target_gone)
+    elif opts.namespace_mode and not opts.no_netns_quit:
+        # Like pasta: quit when the namespace file goes away.
         def watch_netns() -> None:
             if not os.path.exists(opts.netns):
                 log.info("Namespace %s is gone, exiting", opts.netns)
