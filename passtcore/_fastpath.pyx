@@ -749,8 +749,6 @@ cdef class FastPath:
         cdef uint8_t* b
         cdef Py_ssize_t k = 0, taken = 0
         cdef TcpConn c
-        cdef uint32_t mi[9]
-        cdef socklen_t mlen
         cdef long long wnd
         cdef bint small
         if nslots > res.shape[0]:
@@ -786,11 +784,7 @@ cdef class FastPath:
                         c.fp_flags |= FP_DEFER
                         self._deferred.append(c)
                     continue
-                mlen = sizeof(mi)
-                if getsockopt(<int>c.fd, SOL_SOCKET, SO_MEMINFO, mi, &mlen) == 0 and mlen >= 24:
-                    wnd = c_window(c, mi[3], mi[5], self.frame_payload)
-                else:
-                    wnd = c_window(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
+                wnd = self._window(c)
                 c.last_wnd = wnd
                 c.ack_sent = c.seq_from_tap
                 res[k] = self._build_ack(b + first + k * stride, c, <uint32_t>wnd)
@@ -888,16 +882,12 @@ cdef class FastPath:
         cdef int64_t[::1] res = out
         cdef Py_buffer v
         cdef uint8_t* b
-        cdef long long outstanding, avail, want, got, wnd
-        cdef int queued = 0
+        cdef long long outstanding, want, got, wnd
         cdef Py_ssize_t hl, count, k, plen
         cdef iovec iov[MAX_BURST]
         cdef msghdr msg
         cdef ssize_t r
-        cdef uint32_t mi[9]
-        cdef socklen_t mlen
         cdef uint32_t seq
-        cdef int flags
         self.push_flags = 0
         if (c.events != ESTABLISHED or not c.peekoff
                 or c.sock is None or seg <= 0 or nslots <= 0):
@@ -906,24 +896,13 @@ cdef class FastPath:
             nslots = MAX_BURST
         if nslots > res.shape[0]:
             raise ValueError("out is shorter than nslots")
+        want = self._want(c, woken)
+        if want <= 0:
+            return want
         outstanding = seq_diff(c.seq_to_tap, c.seq_ack_from_tap)
-        avail = c.wnd_from_tap - outstanding
-        if avail <= 0:
-            return -1
-        # the window opened again (the engine forgets a stalled connection lazily)
-        c.stalled_since = 0.0
-        if ioctl(<int>c.fd, FIONREAD, &queued) != 0:
-            return -1
-        if queued <= outstanding:
-            if not c.reading or woken:
-                return -1   # EOF, or a wake-up with nothing new: the engine reads it
-            return 0 if self._lowat(c, outstanding + 1) else -1
         hl = 54 if len(c.raddr) == 4 else 74
         if seg + hl > stride:
             raise ValueError("a segment does not fit in its slot")
-        want = queued - outstanding
-        if want > avail:
-            want = avail
         count = <Py_ssize_t>((want + seg - 1) // seg)
         if count > nslots:
             count = nslots
@@ -945,11 +924,7 @@ cdef class FastPath:
                 return -1
             got = r
             count = <Py_ssize_t>((got + seg - 1) // seg)
-            mlen = sizeof(mi)
-            if getsockopt(<int>c.fd, SOL_SOCKET, SO_MEMINFO, mi, &mlen) == 0 and mlen >= 24:
-                wnd = c_window(c, mi[3], mi[5], self.frame_payload)
-            else:
-                wnd = c_window(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
+            wnd = self._window(c)
             seq = <uint32_t>(c.seq_to_tap & M32)
             for k in range(count):
                 plen = seg if got - k * seg > seg else <Py_ssize_t>(got - k * seg)
@@ -964,8 +939,8 @@ cdef class FastPath:
         """push() straight into the guest's receive buffers (see the twin): the
         frames delivered, or -1 when the engine (or the copy path) must decide."""
         cdef int64_t[::1] res = out
-        cdef long long outstanding, avail, want, got, wnd, left
-        cdef int queued = 0, nres, k, j, s0, s1, first_iov
+        cdef long long outstanding, want, got, wnd, left
+        cdef int nres, k, j, s0, s1
         cdef Py_ssize_t hl, count, plen, room
         cdef iovec iov[RV_MAX_SEG]
         cdef int frame_iov[RV_MAX_FRAMES + 1]
@@ -973,34 +948,21 @@ cdef class FastPath:
         cdef long long planned
         cdef msghdr msg
         cdef ssize_t r
-        cdef uint32_t mi[9]
-        cdef socklen_t mlen
         cdef uint32_t seq, f
         cdef uint64_t sum_
         cdef size_t pos, take
         cdef uint8_t* h
-        cdef int niov = 0, flags
+        cdef int niov = 0
         cdef bint partial
         self.push_flags = 0
         if (c.events != ESTABLISHED or not c.peekoff
                 or c.sock is None or seg <= 0 or hdr_len < 10 or res.shape[0] < 1):
             return -1
+        want = self._want(c, woken)
+        if want <= 0:
+            return want
         outstanding = seq_diff(c.seq_to_tap, c.seq_ack_from_tap)
-        avail = c.wnd_from_tap - outstanding
-        if avail <= 0:
-            return -1
-        # the window opened again (the engine forgets a stalled connection lazily)
-        c.stalled_since = 0.0
-        if ioctl(<int>c.fd, FIONREAD, &queued) != 0:
-            return -1
-        if queued <= outstanding:
-            if not c.reading or woken:
-                return -1
-            return 0 if self._lowat(c, outstanding + 1) else -1
         hl = 54 if len(c.raddr) == 4 else 74
-        want = queued - outstanding
-        if want > avail:
-            want = avail
         count = <Py_ssize_t>((want + seg - 1) // seg)
         if count > RV_MAX_FRAMES:
             count = RV_MAX_FRAMES
@@ -1062,11 +1024,7 @@ cdef class FastPath:
         count = 0   # the frames the data fills: frame_len[k] is where frame k ends
         while count < nres and (count == 0 or frame_len[count - 1] < got):
             count += 1
-        mlen = sizeof(mi)
-        if getsockopt(<int>c.fd, SOL_SOCKET, SO_MEMINFO, mi, &mlen) == 0 and mlen >= 24:
-            wnd = c_window(c, mi[3], mi[5], self.frame_payload)
-        else:
-            wnd = c_window(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
+        wnd = self._window(c)
         seq = <uint32_t>(c.seq_to_tap & M32)
         for k in range(count):
             plen = <Py_ssize_t>((frame_len[k] if frame_len[k] < got else got)
@@ -1100,6 +1058,32 @@ cdef class FastPath:
             seq = <uint32_t>(seq + <uint32_t>plen)
         q.rx_finish_c(<int>count, &res[0], hdr_len)
         return self._pushed(c, seq, got, outstanding, wnd, now, count)
+
+    cdef long long _want(self, TcpConn c, bint woken) except? -2:
+        """See the twin: bytes to send now (> 0), 0 (nothing new, low-water mark
+        moved) or -1 (the engine decides)."""
+        cdef long long outstanding = seq_diff(c.seq_to_tap, c.seq_ack_from_tap)
+        cdef long long avail = c.wnd_from_tap - outstanding
+        cdef int queued = 0
+        if avail <= 0:
+            return -1
+        # the window opened again (the engine forgets a stalled connection lazily)
+        c.stalled_since = 0.0
+        if ioctl(<int>c.fd, FIONREAD, &queued) != 0:
+            return -1
+        if queued <= outstanding:
+            if not c.reading or woken:
+                return -1   # EOF, or a wake-up with nothing new: the engine reads it
+            return 0 if self._lowat(c, outstanding + 1) else -1
+        return queued - outstanding if queued - outstanding < avail else avail
+
+    cdef long long _window(self, TcpConn c) except? -1:
+        """The window to advertise to the guest, from the socket's send buffer."""
+        cdef uint32_t mi[9]
+        cdef socklen_t mlen = sizeof(mi)
+        if getsockopt(<int>c.fd, SOL_SOCKET, SO_MEMINFO, mi, &mlen) == 0 and mlen >= 24:
+            return c_window(c, mi[3], mi[5], self.frame_payload)
+        return c_window(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
 
     cdef Py_ssize_t _pushed(self, TcpConn c, uint32_t seq, long long got,
                             long long outstanding, long long wnd, double now,

@@ -588,11 +588,7 @@ class FastPath:
         return k
 
     def _ack(self, txbuf: Any, off: int, c: Any) -> int:
-        try:
-            mi = struct.unpack_from("9I", c.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
-            wnd = window_to_guest(c, mi[3], mi[5], self.frame_payload)
-        except OSError:
-            wnd = window_to_guest(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
+        wnd = self._window(c)
         c.last_wnd = wnd
         c.ack_sent = c.seq_from_tap
         return _headers.build_tcp(txbuf, off, self.guest_mac, self.our_mac, c.raddr, c.gaddr,
@@ -613,25 +609,14 @@ class FastPath:
         if (c.events != ESTABLISHED or not c.peekoff
                 or c.sock is None or seg <= 0 or nslots <= 0):
             return -1
+        want = self._want(c, woken)
+        if want <= 0:
+            return want
         outstanding = seq_diff(c.seq_to_tap, c.seq_ack_from_tap)
-        avail = c.wnd_from_tap - outstanding
-        if avail <= 0:
-            return -1
-        # the window opened again (the engine forgets a stalled connection lazily)
-        c.stalled_since = 0.0
-        try:
-            queued = struct.unpack("i", fcntl.ioctl(c.fd, FIONREAD, b"\0\0\0\0"))[0]
-        except OSError:
-            return -1
-        if queued <= outstanding:
-            if not c.reading or woken:
-                return -1   # EOF, or a wake-up with nothing new: the engine reads it
-            return 0 if self._lowat(c, outstanding + 1) else -1
         hl = 54 if len(c.raddr) == 4 else 74
         if seg + hl > stride:
             raise ValueError("a segment does not fit in its slot")
         nslots = min(nslots, MAX_BURST)
-        want = min(avail, queued - outstanding)
         count = min(nslots, (want + seg - 1) // seg)
         want = min(want, count * seg)
         view = memoryview(txbuf)
@@ -646,11 +631,7 @@ class FastPath:
         if got <= 0:
             return -1
         count = (got + seg - 1) // seg
-        try:
-            mi = struct.unpack_from("9I", c.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
-            wnd = window_to_guest(c, mi[3], mi[5], self.frame_payload)
-        except OSError:
-            wnd = window_to_guest(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
+        wnd = self._window(c)
         seq = c.seq_to_tap
         for k in range(count):
             plen = min(seg, got - k * seg)
@@ -678,22 +659,11 @@ class FastPath:
         if (c.events != ESTABLISHED or not c.peekoff or c.sock is None
                 or seg <= 0 or hdr_len < 10 or len(out) < 1):
             return -1
+        want = self._want(c, woken)
+        if want <= 0:
+            return want
         outstanding = seq_diff(c.seq_to_tap, c.seq_ack_from_tap)
-        avail = c.wnd_from_tap - outstanding
-        if avail <= 0:
-            return -1
-        # the window opened again (the engine forgets a stalled connection lazily)
-        c.stalled_since = 0.0
-        try:
-            queued = struct.unpack("i", fcntl.ioctl(c.fd, FIONREAD, b"\0\0\0\0"))[0]
-        except OSError:
-            return -1
-        if queued <= outstanding:
-            if not c.reading or woken:
-                return -1
-            return 0 if self._lowat(c, outstanding + 1) else -1
         hl = 54 if len(c.raddr) == 4 else 74
-        want = min(avail, queued - outstanding)
         count = min(RV_MAX_FRAMES, len(out), (want + seg - 1) // seg)
         n = q.rx_reserve(count, hdr_len + hl + seg, hdr_len + max(hl, ETH_ZLEN), mergeable)
         if n <= 0:
@@ -737,11 +707,7 @@ class FastPath:
         count = 1
         while count < n and ends[count - 1] < got:
             count += 1
-        try:
-            mi = struct.unpack_from("9I", c.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
-            wnd = window_to_guest(c, mi[3], mi[5], self.frame_payload)
-        except OSError:
-            wnd = window_to_guest(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
+        wnd = self._window(c)
         seq = c.seq_to_tap
         for k in range(count):
             plen = min(ends[k], got) - (ends[k - 1] if k else 0)
@@ -761,6 +727,34 @@ class FastPath:
             seq = (seq + plen) & M32
         q.rx_finish(count, out, hdr_len)
         return self._pushed(c, seq, got, outstanding, wnd, now, count)
+
+    def _want(self, c: Any, woken: bool) -> int:
+        """push()'s first question: the bytes the guest may be sent now (> 0), or
+        0 (nothing new, the low-water mark follows what is outstanding) or -1 (the
+        engine decides: a shut window, EOF, a wake-up with nothing new, an error)."""
+        outstanding = seq_diff(c.seq_to_tap, c.seq_ack_from_tap)
+        avail = c.wnd_from_tap - outstanding
+        if avail <= 0:
+            return -1
+        # the window opened again (the engine forgets a stalled connection lazily)
+        c.stalled_since = 0.0
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(c.fd, FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return -1
+        if queued <= outstanding:
+            if not c.reading or woken:
+                return -1   # EOF, or a wake-up with nothing new: the engine reads it
+            return 0 if self._lowat(c, outstanding + 1) else -1
+        return min(avail, queued - outstanding)
+
+    def _window(self, c: Any) -> int:
+        """The window to advertise to the guest, from the socket's send buffer."""
+        try:
+            mi = struct.unpack_from("9I", c.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
+            return window_to_guest(c, mi[3], mi[5], self.frame_payload)
+        except OSError:
+            return window_to_guest(c, WINDOW_DEFAULT * 4 // 3, 0, self.frame_payload)
 
     def _pushed(self, c: Any, seq: int, got: int, outstanding: int, wnd: int, now: float,
                 count: int) -> int:
