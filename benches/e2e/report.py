@@ -167,19 +167,26 @@ def _render_vm(results: dict[str, dict], names: list[str]) -> list[str]:
             _vm_cell(results[n], key, get(results[n])).rjust(col_w) for n in names))
     pairs = [(n, ref) for ref in VM_REF if ref in names for n in names
              if n != ref and not (ref == "vm-passt-upstream" and n == "vm-passt")]
-    if pairs:
-        out.append("")
-        out.append("VM ratios (value / reference; >1 = more throughput/conn/s, or more "
-                   "latency/CPU/memory)")
-        heads = [f"{n}/{ref}" for n, ref in pairs]
-        w = max(12, *(len(h) + 2 for h in heads))
-        out.append("".ljust(label_w) + "".join(h.rjust(w) for h in heads))
-        for key, label, get in rows:
-            cells = []
-            for n, ref in pairs:
-                a, b = get(results[n]), get(results[ref])
-                cells.append(f"{a / b:.2f}" if a is not None and b else "-")
-            out.append(label.ljust(label_w) + "".join(c.rjust(w) for c in cells))
+    out += _ratio_lines(results, rows, pairs, label_w,
+                        "VM ratios (value / reference; >1 = more throughput/conn/s, or more "
+                        "latency/CPU/memory)")
+    return out
+
+
+def _ratio_lines(results: dict[str, dict], rows: list, pairs: list[tuple[str, str]],
+                 label_w: int, title: str) -> list[str]:
+    """The ratio table under a results table: one column per (name, reference)."""
+    if not pairs:
+        return []
+    heads = [f"{n}/{ref}" for n, ref in pairs]
+    w = max(12, *(len(h) + 2 for h in heads))
+    out = ["", title, "".ljust(label_w) + "".join(h.rjust(w) for h in heads)]
+    for _key, label, get in rows:
+        cells = []
+        for n, ref in pairs:
+            a, b = get(results[n]), get(results[ref])
+            cells.append(f"{a / b:.2f}" if a is not None and b else "-")
+        out.append(label.ljust(label_w) + "".join(c.rjust(w) for c in cells))
     return out
 
 
@@ -228,16 +235,7 @@ def _render_ns(results: dict[str, dict], names: list[str]) -> list[str]:
                "veth": None}
     pairs = [(n, ref) for ref, who in against.items() if ref in results for n in names
              if n != ref and (who is None or n in who)]
-    if pairs:
-        out.append("")
-        out.append("ratios (value / reference; >1 = more throughput/conn/s, or more latency/memory)")
-        heads = [f"{n}/{ref}" for n, ref in pairs]
-        w = max(12, *(len(h) + 2 for h in heads))
-        out.append("".ljust(label_w) + "".join(h.rjust(w) for h in heads))
-        for key, label, get in rows:
-            cells = []
-            for n, ref in pairs:
-                a, b = get(results[n]), get(results[ref])
-                cells.append(f"{a / b:.2f}" if a is not None and b else "-")
-            out.append(label.ljust(label_w) + "".join(c.rjust(w) for c in cells))
+    out += _ratio_lines(results, rows, pairs, label_w,
+                        "ratios (value / reference; >1 = more throughput/conn/s, or more "
+                        "latency/memory)")
     return out

@@ -231,16 +231,7 @@ def bench_mtu(name: str, mtu: int, cfg: dict, logdir: str, res: dict) -> str | N
             return f"servers (MTU {mtu}): {exc}"
 
         def attempt(key: str, fn) -> None:
-            if not link.alive():
-                res["errors"][key] = link.exit_reason()
-                return
-            print(f"  {name}: {key} ...", end="", flush=True, file=sys.stderr)
-            try:
-                res["metrics"][key] = fn()
-                print(" ok", file=sys.stderr)
-            except (MeasureFailed, EnvError) as exc:
-                res["errors"][key] = str(exc)
-                print(f" failed: {exc}", file=sys.stderr)
+            _attempt(name, link, res, key, fn)
 
         for streams in STREAMS:
             for reverse in (False, True):
