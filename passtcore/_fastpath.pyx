@@ -39,7 +39,7 @@ import socket as _socket
 import struct as _struct
 
 # the twin's constants and helpers: one definition of each
-from passtcore_py.fastpath import (ACT_TIMEOUT, EV_ACK, EV_HOLD, EV_PUSH, EV_RESET,
+from passtcore_py.fastpath import (ACT_TIMEOUT, EV_ACK, EV_HOLD, EV_PUSH, EV_RESET, EV_WINDOW,
                                    FIN_TIMEOUT, PUSH_INFLIGHT, PUSH_NOREAD, PUSH_READ,
                                    SYN_TIMEOUT, UDP_TIMEOUT, window_to_guest)
 
@@ -786,6 +786,10 @@ cdef class FastPath:
                     continue
                 wnd = self._window(c)
                 c.last_wnd = wnd
+                if not wnd and not c.writing:
+                    # a guest told "window 0" waits for an update (or probes, backing
+                    # off to seconds): the engine sends one when the socket drains
+                    self.events.append((EV_WINDOW, c, None))
                 c.ack_sent = c.seq_from_tap
                 res[k] = self._build_ack(b + first + k * stride, c, <uint32_t>wnd)
                 k += 1

@@ -6,6 +6,11 @@
 # reads the reservation's segments (_rv_*) to build its iovecs, writes the
 # headers itself and hands the frames back with rx_finish. Everything else
 # about the queue (design, bounds checks, ordering) is in _virtq.pyx.
+#
+# While the front end migrates the guest (VHOST_F_LOG_ALL), every write into
+# guest memory is marked in its dirty log: GuestMemory.log_ptr(p, n) for a
+# pointer into a region; rx_finish_c marks what the used entries cover, so a
+# caller that writes into a reservation marks nothing itself.
 cimport cython
 from cpython.buffer cimport Py_buffer
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -25,8 +30,16 @@ cdef class GuestMemory:
     cdef uint8_t* _base[NREG]
     cdef Py_buffer _bufs[NREG]
     cdef list _views
+    cdef Py_buffer _logbuf     # the dirty log (set_log), held while _log_held
+    cdef uint8_t* _log
+    cdef uint64_t _log_len     # 0 when not logging: the hot path's one test
+    cdef bint _log_held
 
     cdef void _release(self) noexcept
+    cdef void _log_release(self) noexcept
+    cdef void _log_pages(self, uint64_t first, uint64_t last) noexcept nogil
+    cdef void _log_host(self, const uint8_t* p, uint64_t length) noexcept nogil
+    cdef void log_ptr(self, const uint8_t* p, uint64_t length) noexcept nogil
     cdef uint8_t* at_gpa(self, uint64_t addr, uint64_t length) noexcept nogil
     cdef uint8_t* at_uva(self, uint64_t addr, uint64_t length) noexcept nogil
     cdef object _view(self, addr, length, bint virt)
@@ -66,6 +79,7 @@ cdef class Virtqueue:
     cdef int _chain(self, int head, bint writable, uint64_t* total) noexcept nogil
     cdef void _put_used(self, int head, uint32_t length) noexcept nogil
     cdef void _publish(self) noexcept nogil
+    cdef void _log_chain(self, int chain, uint64_t length) noexcept nogil
     cdef int _rx_one(self, const uint8_t* frame, Py_ssize_t flen, const uint8_t* hdr,
                      Py_ssize_t hdr_len, bint mergeable) except -1
     cpdef int rx_reserve(self, int nframes, uint64_t frame_cap, uint64_t head_room,

@@ -7,7 +7,9 @@ buffers held for the lifetime of the ``GuestMemory`` object, every guest
 address and length is checked against one region before it is dereferenced
 (with 64-bit arithmetic that cannot wrap), the avail index is read with an
 acquire fence and the used index published after a release fence (the guest
-runs on another CPU), and no Python object is created per descriptor.
+runs on another CPU), and no Python object is created per descriptor. While
+logging, a write is marked after it is made, with an atomic OR (the front end
+harvests the log concurrently: the bit never becomes visible before the data).
 """
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
@@ -35,6 +37,7 @@ cdef extern from *:
     static inline uint64_t pc_le64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
     static inline void pc_put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
     static inline void pc_put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+    static inline void pc_or8(uint8_t *p, uint8_t v) { __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
     """
     void pc_acquire() noexcept nogil
     void pc_release() noexcept nogil
@@ -44,6 +47,7 @@ cdef extern from *:
     uint64_t pc_le64(const uint8_t* p) noexcept nogil
     void pc_put16(uint8_t* p, uint16_t v) noexcept nogil
     void pc_put32(uint8_t* p, uint32_t v) noexcept nogil
+    void pc_or8(uint8_t* p, uint8_t v) noexcept nogil
 
 cdef enum:
     F_NEXT = 1
@@ -53,6 +57,7 @@ cdef enum:
     QMAX = 32768
     FRAME_MAX = 65536 + 14
     ETH_ZLEN = 60
+    LOG_PAGE_SHIFT = 12     # VHOST_LOG_PAGE: a bit of the dirty log per 4 KiB page
 
 # chain walk results (< 0: malformed, the reason's index)
 cdef enum:
@@ -75,6 +80,9 @@ cdef class GuestMemory:
     def __cinit__(self):
         self.n = 0
         self._views = []
+        self._log = NULL
+        self._log_len = 0
+        self._log_held = False
 
     def __dealloc__(self):
         self._release()
@@ -84,6 +92,14 @@ cdef class GuestMemory:
         for i in range(self.n):
             PyBuffer_Release(&self._bufs[i])
         self.n = 0
+        self._log_release()
+
+    cdef void _log_release(self) noexcept:
+        if self._log_held:
+            self._log = NULL      # the hot path stops looking before the buffer goes
+            self._log_len = 0
+            self._log_held = False
+            PyBuffer_Release(&self._logbuf)
 
     def add(self, gpa, size, uva, buf):
         cdef Py_buffer v
@@ -112,6 +128,80 @@ cdef class GuestMemory:
 
     def __len__(self):
         return self.n
+
+    # -- dirty-page log (VHOST_F_LOG_ALL) ------------------------------------------
+    def set_log(self, buf):
+        """Mark every write into guest memory in ``buf`` (a writable buffer of any
+        size, the front end's log: bit ``page % 8`` of byte ``page // 8`` for each
+        4 KiB guest-physical page), or stop logging with None."""
+        cdef Py_buffer v
+        if buf is not None:
+            try:
+                PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE | PyBUF_WRITABLE)
+            except BufferError:
+                raise VirtqError("the dirty log must be writable") from None
+        self._log_release()       # after the new one is held: a refused log changes nothing
+        if buf is not None:
+            self._logbuf = v
+            self._log_held = True
+            self._log = <uint8_t*>v.buf
+            self._log_len = <uint64_t>v.len
+
+    property logging:
+        def __get__(self):
+            return self._log_held
+
+    def log_write(self, gpa, length):
+        """Mark the pages of guest-physical [gpa, gpa + length) (cut at 2**64;
+        pages past the end of the log are not marked)."""
+        if gpa < 0 or length < 0:
+            raise ValueError("gpa and length must be >= 0")
+        if not length or gpa >= (1 << 64):
+            return
+        last = min(gpa + length, 1 << 64) - 1
+        self._log_pages(<uint64_t>(gpa >> LOG_PAGE_SHIFT), <uint64_t>(last >> LOG_PAGE_SHIFT))
+
+    cdef void _log_pages(self, uint64_t first, uint64_t last) noexcept nogil:
+        """Mark pages first..last (inclusive), a byte at a time, within the log."""
+        cdef uint64_t npages, b, lb
+        cdef uint8_t m
+        if self._log_len > (<uint64_t>1 << 61):
+            npages = <uint64_t>-1
+        else:
+            npages = self._log_len << 3
+        if first >= npages or first > last:
+            return
+        if last >= npages:
+            last = npages - 1
+        b = first >> 3
+        lb = last >> 3
+        m = <uint8_t>(0xFF << (first & 7))
+        while True:
+            if b == lb:
+                m &= <uint8_t>(0xFF >> (7 - (last & 7)))
+            pc_or8(self._log + b, m)
+            if b == lb:
+                return
+            b += 1
+            m = 0xFF
+
+    cdef void log_ptr(self, const uint8_t* p, uint64_t length) noexcept nogil:
+        """Mark ``length`` bytes written at ``p`` (inside a region); when not
+        logging, one test."""
+        if self._log_len and length:
+            self._log_host(p, length)
+
+    cdef void _log_host(self, const uint8_t* p, uint64_t length) noexcept nogil:
+        cdef int i
+        cdef uint64_t off
+        for i in range(self.n):   # the region whose mapping holds p: its gpa
+            if p >= self._base[i] and <uint64_t>(p - self._base[i]) < self._size[i]:
+                off = <uint64_t>(p - self._base[i])
+                if length > self._size[i] - off:
+                    length = self._size[i] - off
+                self._log_pages((self._gpa[i] + off) >> LOG_PAGE_SHIFT,
+                                (self._gpa[i] + off + length - 1) >> LOG_PAGE_SHIFT)
+                return
 
     cdef uint8_t* at_gpa(self, uint64_t addr, uint64_t length) noexcept nogil:
         cdef int i
@@ -287,17 +377,33 @@ cdef class Virtqueue:
         cdef int slot = self._used_idx & (self.num - 1)
         pc_put32(self.used + 4 + 8 * slot, <uint32_t>head)
         pc_put32(self.used + 8 + 8 * slot, length)
+        self.mem.log_ptr(self.used + 4 + 8 * slot, 8)
         self._used_idx = <uint16_t>(self._used_idx + 1)
         self._used_since_call = True
 
     cdef void _publish(self) noexcept nogil:
         pc_release()   # the used entries are visible before the index that covers them
         pc_put16(self.used + 2, self._used_idx)
+        self.mem.log_ptr(self.used + 2, 2)
         if self.event_idx:
             pc_put16(self.used + 4 + 8 * self.num, self._last_avail)
+            self.mem.log_ptr(self.used + 4 + 8 * self.num, 2)
             # store -> load: the guest may have added buffers before it saw avail_event
             # and will not kick for them; the caller re-reads the avail index (pending())
             pc_full()
+
+    cdef void _log_chain(self, int chain, uint64_t length) noexcept nogil:
+        """Mark the first ``length`` bytes of reserved chain ``chain``."""
+        cdef int s
+        cdef uint64_t take
+        if not self.mem._log_len:
+            return
+        for s in range(self._rv_chain_seg[chain], self._rv_chain_seg[chain + 1]):
+            if not length:
+                return
+            take = length if length < self._rv_segl[s] else self._rv_segl[s]
+            self.mem.log_ptr(self._rv_segp[s], take)
+            length -= take
 
     def need_call(self):
         """Whether the guest asked to be interrupted for the entries used since the
@@ -483,6 +589,7 @@ cdef class Virtqueue:
                     off += piece
                     pos += piece
                     used += <uint32_t>piece
+                self.mem.log_ptr(self._segp[j], <uint64_t>off)
             self._put_used(heads[k], used)
         return 1
 
@@ -600,6 +707,7 @@ cdef class Virtqueue:
             end = ch
             while end < last and need:
                 take = need if need < self._rv_chain_cap[end] else self._rv_chain_cap[end]
+                self._log_chain(end, take)   # the caller's bytes and our padding
                 self._put_used(self._rv_head[end], <uint32_t>take)
                 need -= take
                 end += 1
@@ -613,6 +721,8 @@ cdef class Virtqueue:
                 end += 1
             if hdr_len >= 12:
                 pc_put16(self._rv_segp[self._rv_chain_seg[ch]] + 10, <uint16_t>(end - ch))
+                # marked again now it is written: a harvest since _log_chain missed it
+                self.mem.log_ptr(self._rv_segp[self._rv_chain_seg[ch]] + 10, 2)
         # what was reserved past the last buffer used goes back to the ring
         self._last_avail = <uint16_t>(self._last_avail - (self._rv_chains - end))
         self._rv_frames = self._rv_chains = self._rv_segs = 0

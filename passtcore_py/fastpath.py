@@ -103,6 +103,7 @@ EV_PUSH = 1     # the window moved: send the guest more host data
 EV_HOLD = 2     # data: the bytes the socket did not take (keep them, wait for POLLOUT)
 EV_RESET = 3    # a socket error: reset the connection
 EV_ACK = 4      # an ACK is due that needs the engine (held data: SACK blocks)
+EV_WINDOW = 5   # an ACK told the guest "window 0": tell it when the socket drains
 
 MSG_OUT = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
 MSG_DISCARD = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL | socket.MSG_TRUNC)
@@ -590,6 +591,8 @@ class FastPath:
     def _ack(self, txbuf: Any, off: int, c: Any) -> int:
         wnd = self._window(c)
         c.last_wnd = wnd
+        if not wnd and not c.writing:
+            self.events.append((EV_WINDOW, c, None))
         c.ack_sent = c.seq_from_tap
         return _headers.build_tcp(txbuf, off, self.guest_mac, self.our_mac, c.raddr, c.gaddr,
                                   c.rport, c.gport, c.seq_to_tap, c.seq_from_tap, ACK, wnd, 0)

@@ -43,11 +43,23 @@ ring and used ring. This module is the back end's side of one queue:
   rule). With EVENT_IDX the guest kicks only when it passes ``avail_event``,
   which a call publishes: whoever drains a queue checks ``pending()`` once more
   after the call returns (the Cython kernel orders that read after the store).
+* Dirty-page logging (VHOST_F_LOG_ALL, for the front end's live migration):
+  ``GuestMemory.set_log(buf)`` hands over the front end's log (an mmap of its
+  log fd; None stops), a bit per 4 KiB page of guest-physical address (bit
+  ``page % 8`` of byte ``page // 8``); pages past its end are not marked.
+  While it is set, every write a queue makes into guest memory is marked after
+  it is made: used entries, the used index, ``avail_event``, and in received
+  buffers what the used entry says was written (header, frame, padding; with a
+  reservation, the caller's bytes too). Rings are marked at the guest-physical
+  address of the region that holds them. ``log_write(gpa, length)`` marks a
+  range by hand.
 
 The Cython kernel publishes used entries before the used index with a
 release fence and reads the avail index with an acquire fence (the guest runs
 on another CPU); this twin, under the GIL and on x86's ordered stores, needs
-none.
+none. The kernel sets log bits with an atomic OR; this twin's read-modify-write
+can at worst mark again a bit the front end just harvested (a page sent twice),
+never lose one, since no one but the back end sets bits.
 """
 from __future__ import annotations
 
@@ -70,6 +82,7 @@ FRAME_MAX = 65536 + 14      # the largest frame taken from the guest (TSO: 64 Ki
 ETH_ZLEN = 60
 RV_MAX_SEG = 1024           # segments of one reservation (the kernel's UIO_MAXIOV)
 RV_MAX_FRAMES = 64
+LOG_PAGE_SHIFT = 12         # VHOST_LOG_PAGE: a bit of the dirty log per 4 KiB page
 
 
 class VirtqError(ValueError):
@@ -82,6 +95,7 @@ class GuestMemory:
 
     def __init__(self) -> None:
         self.regions: list[tuple[int, int, int, memoryview]] = []
+        self._log: memoryview | None = None
 
     def add(self, gpa: int, size: int, uva: int, buf: Any) -> None:
         if len(self.regions) >= MAX_REGIONS:
@@ -97,6 +111,60 @@ class GuestMemory:
 
     def clear(self) -> None:
         self.regions = []
+        self._log = None
+
+    # -- dirty-page log (VHOST_F_LOG_ALL) ------------------------------------------
+    def set_log(self, buf: Any) -> None:
+        """Mark every write into guest memory in ``buf`` (a writable buffer of any
+        size, the front end's log), or stop logging with None."""
+        if buf is None:
+            self._log = None
+            return
+        view = memoryview(buf).cast("B")
+        if view.readonly:
+            raise VirtqError("the dirty log must be writable")
+        self._log = view
+
+    @property
+    def logging(self) -> bool:
+        return self._log is not None
+
+    def log_write(self, gpa: int, length: int) -> None:
+        """Mark the pages of guest-physical [gpa, gpa + length) (cut at 2**64;
+        pages past the end of the log are not marked)."""
+        if gpa < 0 or length < 0:
+            raise ValueError("gpa and length must be >= 0")
+        if not length or gpa >= 1 << 64:
+            return
+        self._mark(gpa, min(gpa + length, 1 << 64) - gpa)
+
+    def _mark(self, gpa: int, length: int) -> None:
+        """``log_write`` for a range known to be in guest memory (length > 0)."""
+        log = self._log
+        if log is None:
+            return
+        first, last = gpa >> LOG_PAGE_SHIFT, (gpa + length - 1) >> LOG_PAGE_SHIFT
+        npages = 8 * len(log)
+        if first >= npages:
+            return
+        last = min(last, npages - 1)
+        b, lb = first >> 3, last >> 3
+        m = (0xFF << (first & 7)) & 0xFF
+        if b == lb:
+            log[b] |= m & (0xFF >> (7 - (last & 7)))
+            return
+        log[b] |= m
+        log[b + 1:lb] = b"\xff" * (lb - b - 1)    # whole bytes: every bit set either way
+        log[lb] |= 0xFF >> (7 - (last & 7))
+
+    def _uva_gpa(self, addr: int, length: int) -> int:
+        """The guest-physical address of front-end virtual ``addr`` (a ring's,
+        already found in a region by ``uva``: the same region)."""
+        for gpa, size, uva, _view in self.regions:
+            off = addr - uva
+            if 0 <= off and off + length <= size:
+                return gpa + off
+        raise VirtqError("address outside guest memory")
 
     def __len__(self) -> int:
         return len(self.regions)
@@ -134,6 +202,8 @@ class Virtqueue:
         if d is None or a is None or u is None:
             raise VirtqError("a ring of the queue is outside guest memory")
         self.desc, self.avail, self.used = d, a, u
+        self._used_gpa = mem._uva_gpa(used, 6 + 8 * num)   # where used-ring writes are logged
+        self._seg_gpa: list[int] = []        # the gpas of the last chain walked
         self.last_avail = last_avail & 0xFFFF
         self.used_idx = struct.unpack_from("<H", u, 2)[0]
         self.errors: dict[str, int] = {}
@@ -176,6 +246,7 @@ class Virtqueue:
         table, size, i = self.desc, self.num, head
         indirect = False
         out: list[memoryview] = []
+        gpas: list[int] = []
         for _ in range(self.num + 1):   # bounded: a cycle ends here
             addr, length, flags, nxt = struct.unpack_from("<QIHH", table, 16 * i)
             if flags & DESC_F_INDIRECT:
@@ -195,7 +266,9 @@ class Virtqueue:
                 return "bad-address"
             if length:
                 out.append(buf)
+                gpas.append(addr)
             if not flags & DESC_F_NEXT:
+                self._seg_gpa = gpas
                 return out
             if nxt >= size:
                 return "bad-next"
@@ -205,13 +278,16 @@ class Virtqueue:
     def _put_used(self, head: int, length: int) -> None:
         slot = self.used_idx % self.num
         struct.pack_into("<II", self.used, 4 + 8 * slot, head, length)
+        self.mem._mark(self._used_gpa + 4 + 8 * slot, 8)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         self._used_since_call = True
 
     def _publish(self) -> None:
         struct.pack_into("<H", self.used, 2, self.used_idx)
+        self.mem._mark(self._used_gpa + 2, 2)
         if self.event_idx:   # avail_event: tell the guest when to kick us next
             struct.pack_into("<H", self.used, 4 + 8 * self.num, self.last_avail)
+            self.mem._mark(self._used_gpa + 4 + 8 * self.num, 2)
 
     def need_call(self) -> bool:
         """Whether the guest asked to be interrupted for the entries used since the
@@ -352,11 +428,12 @@ class Virtqueue:
             if isinstance(chain, str):
                 chain = []
             used = 0
-            for b in chain:
+            for b, gpa in zip(chain, self._seg_gpa):
                 k = min(len(b), len(data) - pos)
                 if k <= 0:
                     break
                 b[:k] = data[pos:pos + k]
+                self.mem._mark(gpa, k)
                 pos += k
                 used += k
             self._put_used(head, used)
@@ -370,11 +447,11 @@ class Virtqueue:
             raise VirtqError("a reservation is still open")
         nframes = min(nframes, RV_MAX_FRAMES)
         self._rv_save = self.last_avail
-        frames: list[list[tuple[int, list[memoryview], int]]] = []
+        frames: list[list[tuple[int, list[memoryview], int, list[int]]]] = []
         caps: list[int] = []
         segs = 0
         for _ in range(nframes):
-            chains: list[tuple[int, list[memoryview], int]] = []
+            chains: list[tuple[int, list[memoryview], int, list[int]]] = []
             room = 0
             ok = True
             while room < frame_cap:
@@ -389,7 +466,7 @@ class Virtqueue:
                     self.last_avail = (self.last_avail - 1) & 0xFFFF
                     ok = False
                     break
-                chains.append((head, chain, total))
+                chains.append((head, chain, total, self._seg_gpa))
                 segs += len(chain)
                 room += total
                 if not mergeable:
@@ -420,7 +497,7 @@ class Virtqueue:
         """The writable segments of reserved frame ``frame``."""
         if not 0 <= frame < self._rv_frames:
             raise IndexError("no such reserved frame")
-        return [b for _h, chain, _t in self._rv[frame] for b in chain]
+        return [b for _h, chain, _t, _g in self._rv[frame] for b in chain]
 
     def rx_finish(self, nused: int, lengths: Any, hdr_len: int = NET_HDR_LEN) -> int:
         """The first ``nused`` reserved frames are used, of ``lengths[i]`` bytes
@@ -437,16 +514,26 @@ class Virtqueue:
                 n = ETH_ZLEN
             need = hdr_len + n
             used = 0
-            for head, _chain, total in chains:
+            for head, chain, total, gpas in chains:
                 if not need and used and f == nused - 1:
                     break
                 take = min(need, total)
+                # logged: what the entry says was written (the caller's bytes and
+                # our padding)
+                left = take if self.mem.logging else 0
+                for b, gpa in zip(chain, gpas):
+                    if not left:
+                        break
+                    self.mem._mark(gpa, min(left, len(b)))
+                    left -= min(left, len(b))
                 self._put_used(head, take)
                 need -= take
                 used += 1
             given_back += len(chains) - used
             if hdr_len >= 12:
                 struct.pack_into("<H", first, 10, used)
+                # marked again now it is written: a harvest since the loop missed it
+                self.mem._mark(chains[0][3][0] + 10, 2)
         self.last_avail = (self.last_avail - given_back) & 0xFFFF
         self._rv, self._rv_frames = [], 0
         self._publish()

@@ -250,6 +250,7 @@ def test_wheel_contents(wheel: Path, src: Path) -> None:
     for script, target in scripts.items():
         assert f"{script} = {target}" in entry_points.splitlines(), (script, target)
     assert scripts["passtcore-run"] == "passtcore.run.process.cli:main"
+    assert scripts["passtcore-repair"] == "passtcore.run.migrate.helper:main"
 
 
 def test_sdist_contents(sdist: Path) -> None:
@@ -308,16 +309,19 @@ def test_wheel_installs_and_runs_in_fresh_venv(wheel_venv: Path) -> None:
     venv, work = wheel_venv.parent.parent, wheel_venv.parent.parent.parent
     r = run(wheel_venv, "-c", PROBE, cwd=work)
     assert check(r).strip() == "cython"
-    for script in ("passtcore-run", "passtcore-sidecar", "kubevirt-passt-binding"):
+    for script in ("passtcore-run", "passtcore-sidecar", "kubevirt-passt-binding",
+                   "passtcore-repair"):
         assert (venv / "bin" / script).exists(), script
     # Every console script's target imports and exists in the installed package.
     load = ("from importlib.metadata import entry_points\n"
             "eps = [e for e in entry_points(group='console_scripts') if e.dist.name == 'passtcore']\n"
-            "assert len(eps) == 3, eps\n"
+            "assert len(eps) == 4, eps\n"
             "for e in eps: assert callable(e.load()), e\n")
     check(run(wheel_venv, "-c", load, cwd=work))
     r = run(venv / "bin" / "passtcore-run", "--help", cwd=work)
     assert r.returncode == 0 and "--socket" in r.stdout, r.stdout + r.stderr
+    r = run(venv / "bin" / "passtcore-repair", "--help", cwd=work)
+    assert r.returncode == 0 and "Usage: passtcore-repair PATH" in r.stderr, r.stdout + r.stderr
 
 
 def test_sidecar_without_extra_says_what_to_install(wheel_venv: Path, tmp_path: Path) -> None:

@@ -124,7 +124,7 @@ KNOWN = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 42, 
 U64_REQUESTS = (2, 6, 12, 13, 14, 16, 19, 42, 43)
 STATE_REQUESTS = (8, 10, 11, 18)
 REASONS = {"vhost-bad-size", "vhost-bad-ring", "vhost-bad-features", "vhost-bad-fds",
-           "vhost-bad-region", "vhost-no-migration", "vhost-unknown-request",
+           "vhost-bad-region", "vhost-bad-state-request", "vhost-unknown-request",
            "vhost-bad-message"}
 INTERESTING = (0, 1, 2, 3, 0xFF, 0x100, 0x101, 0x1FF, 0xFFFF, 0x10000, 0xFFFFFFFF,
                1 << 32, 1 << 47, 1 << 48, (1 << 48) + 1, 1 << 63, U64)
@@ -192,8 +192,12 @@ def messages(ch: Choices, most: int = 24) -> list[tuple[int, int, bytes, int]]:
 
 
 def _kept_fds(s: Any) -> list[int]:
-    return [r[4] for r in s.regions] + [fd for ring in s.rings for fd in (ring.kick, ring.call)
-                                        if fd >= 0]
+    """Every fd the session holds: memory regions, ring eventfds, the dirty log and
+    its eventfd, a device state transfer not yet run."""
+    return ([r[4] for r in s.regions]
+            + [fd for ring in s.rings for fd in (ring.kick, ring.call) if fd >= 0]
+            + ([s.log[2]] if s.log else []) + ([s.log_call] if s.log_call >= 0 else [])
+            + ([s.state_request[1]] if s.state_request else []))
 
 
 def check_session(msgs: list[tuple[int, int, bytes, int]]) -> dict[str, int]:

@@ -6,6 +6,7 @@ there; ``guestprobe`` does the same against ``probes.py serve``'s echo port:
 
     guestprobe rr  HOST PORT SIZE SECONDS MAX_ROUNDS    # ping-pong on one connection
     guestprobe crr HOST PORT SIZE SECONDS               # connect, exchange, close
+    guestprobe hold HOST PORT COUNT SECONDS             # COUNT idle connections, echoing
 
 ``build(cache)`` compiles it once (``gcc -O2 -static``, dynamic if there is no
 libc.a), named by the source's hash; ``vm.py`` puts it in the guest image.
@@ -25,6 +26,10 @@ SOURCE = r"""/* Request/response probes for the VM guest (busybox only, no Pytho
  *   guestprobe crr HOST PORT SIZE SECONDS
  *       connect, SIZE bytes each way, close, in a loop (netperf's TCP_CRR);
  *       connections per second.
+ *   guestprobe hold HOST PORT COUNT SECONDS
+ *       COUNT connections held open (one byte sent on each), every byte that
+ *       comes in echoed back, for SECONDS (benches/migrate.py: the connections
+ *       a live migration carries over).
  *
  * One JSON object on stdout.  Every loop is bounded by SECONDS and a round or
  * error count; every socket call by a 3 s timeout.  guestprobe.py builds it
@@ -38,6 +43,8 @@ SOURCE = r"""/* Request/response probes for the VM guest (busybox only, no Pytho
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -179,15 +186,58 @@ static int crr(const struct sockaddr_in *sa, long size, double seconds)
 	return 0;
 }
 
+#define HOLD_MAX 4096
+
+static int hold(const struct sockaddr_in *sa, long count, double seconds)
+{
+	static struct pollfd fds[HOLD_MAX];
+	struct rlimit rl = { HOLD_MAX + 16, HOLD_MAX + 16 };
+	long held = 0, echoed = 0, closed = 0, i;
+	double deadline;
+	char buf[64];
+
+	setrlimit(RLIMIT_NOFILE, &rl);		/* root in the guest: 1024 is too few */
+	for (i = 0; i < count && i < HOLD_MAX; i++) {
+		int s = dial(sa);
+		if (s < 0 || write(s, "h", 1) != 1)
+			return fail("connect");
+		fds[held].fd = s;
+		fds[held++].events = POLLIN;
+	}
+	printf("{\"held\": %ld}\n", held);
+	fflush(stdout);
+	deadline = now() + seconds;
+	while (now() < deadline && closed < held) {
+		int n = poll(fds, held, 100);
+		for (i = 0; n > 0 && i < held; i++) {
+			ssize_t got;
+			if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			got = read(fds[i].fd, buf, sizeof(buf));
+			if (got > 0 && write(fds[i].fd, buf, got) == got) {
+				echoed += got;
+				continue;
+			}
+			close(fds[i].fd);
+			fds[i].fd = -1;		/* poll skips it from now on */
+			closed++;
+		}
+	}
+	printf("{\"held\": %ld, \"echoed\": %ld, \"closed\": %ld}\n", held, echoed, closed);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET };
 	long size;
 
-	if (argc < 6 || (strcmp(argv[1], "rr") && strcmp(argv[1], "crr")) ||
+	if (argc < 6 || (strcmp(argv[1], "rr") && strcmp(argv[1], "crr") &&
+			 strcmp(argv[1], "hold")) ||
 	    (!strcmp(argv[1], "rr") && argc < 7)) {
 		fprintf(stderr, "usage: guestprobe rr HOST PORT SIZE SECONDS MAX_ROUNDS\n"
-				"       guestprobe crr HOST PORT SIZE SECONDS\n");
+				"       guestprobe crr HOST PORT SIZE SECONDS\n"
+				"       guestprobe hold HOST PORT COUNT SECONDS\n");
 		return 2;
 	}
 	if (inet_pton(AF_INET, argv[2], &sa.sin_addr) != 1) {
@@ -195,6 +245,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	sa.sin_port = htons(atoi(argv[3]));
+	if (!strcmp(argv[1], "hold"))
+		return hold(&sa, atol(argv[4]), atof(argv[5]));
 	size = atol(argv[4]);
 	if (size < 1 || size > (1 << 20))
 		size = 64;

@@ -198,24 +198,17 @@ class VM(Translator):
             env.wait_for(lambda: os.path.exists(sock), 20.0, "the daemon's socket", proc)
         except EnvError as exc:
             raise TranslatorFailed(f"{exc}{_log_tail(out_path)}{_log_tail(log_path)}") from exc
+        from passtcore.sandbox.guest import qemu_argv
+
         accel = "kvm" if os.environ.get("PASSTCORE_KVM") == "1" else "tcg"
-        if self.vhost:
-            net = ["-chardev", f"socket,id=c0,path={sock}", "-netdev", "vhost-user,id=n0,chardev=c0"]
-        else:
-            net = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}"]
-        device = f"virtio-net-pci,netdev=n0,mac={MAC},romfile=" + (
-            f",{self.device_opts}" if self.device_opts else "")
-        qemu_argv = [
-            qemu(), "-M", f"pc,accel={accel}", "-m", str(MEM_MIB), "-smp", "1", "-nodefaults",
-            "-display", "none", "-no-reboot", "-kernel", kernel, "-initrd", initrd,
-            "-append", "console=ttyS0 panic=-1 quiet mitigations=off",
-            "-chardev", f"socket,id=con,path={con_path},server=on,wait=off",
-            "-serial", "chardev:con",
-            "-object", f"memory-backend-memfd,id=mem,size={MEM_MIB}M,share=on",
-            "-numa", "node,memdev=mem", *net, "-device", device]
+        qemu_cmd = qemu_argv((kernel, initrd), con_path,
+                             vhost_socket=sock if self.vhost else None,
+                             stream_socket=None if self.vhost else sock, mac=MAC,
+                             device_opts=self.device_opts, mem_mib=MEM_MIB,
+                             append="mitigations=off")
         qemu_log = os.path.join(logdir, f"{self.name}-{env.suffix}-qemu.log")
         with open(qemu_log, "wb") as qlog:
-            q = env.spawn(env.host, qemu_argv, stdin=subprocess.DEVNULL, stdout=qlog,
+            q = env.spawn(env.host, qemu_cmd, stdin=subprocess.DEVNULL, stdout=qlog,
                           stderr=subprocess.STDOUT)
         link = VMLink(self.name, "eth0", GW_ADDR4, "127.0.0.1", proc=proc, pid=proc.pid,
                       log_path=log_path, qemu=q, qemu_log=qemu_log)

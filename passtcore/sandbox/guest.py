@@ -207,20 +207,54 @@ def _image_with_extra(log, extra: Mapping[str, str]) -> tuple[str, str]:
     return kernel, str(initrd)
 
 
+def connect_unix(path: str, timeout: float) -> socket.socket:
+    """A stream socket connected to ``path``, retried until QEMU listens there."""
+    deadline = time.monotonic() + timeout
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    while True:
+        try:
+            sock.connect(path)
+            return sock
+        except OSError:
+            if time.monotonic() > deadline:
+                sock.close()
+                raise
+            time.sleep(0.05)
+
+
+def qemu_argv(image: tuple[str, str], console: str, vhost_socket: str | None = None,
+              stream_socket: str | None = None, mac: str = "52:54:00:12:34:56",
+              device_opts: str = "", mem_mib: int = 256, append: str = "",
+              extra: tuple[str, ...] = ()) -> list[str]:
+    """QEMU's command line for the image: its shell on the ``console`` socket (QEMU
+    the server), one virtio-net NIC on a vhost-user back end (``vhost_socket``;
+    guest memory in a shared memfd, which vhost-user needs) or on a stream socket
+    (``-netdev stream``), nothing else. TCG: /dev/kvm may exist and still run no
+    guest here (PASSTCORE_KVM=1 to use it). ``extra``: e.g. QMP, ``-incoming``."""
+    qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
+    accel = "kvm" if os.environ.get("PASSTCORE_KVM") == "1" else "tcg"
+    if vhost_socket:
+        net = ["-chardev", f"socket,id=c0,path={vhost_socket}",
+               "-netdev", "vhost-user,id=n0,chardev=c0"]
+    else:
+        net = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={stream_socket}"]
+    kernel, initrd = image
+    return [qemu, "-M", f"pc,accel={accel}", "-m", str(mem_mib), "-smp", "1", "-nodefaults",
+            "-display", "none", "-no-reboot", "-kernel", kernel, "-initrd", initrd,
+            "-append", f"console=ttyS0 panic=-1 quiet {append}".strip(),
+            "-chardev", f"socket,id=con,path={console},server=on,wait=off",
+            "-serial", "chardev:con",
+            "-object", f"memory-backend-memfd,id=mem,size={mem_mib}M,share=on",
+            "-numa", "node,memdev=mem", *net,
+            "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile="
+                       + (f",{device_opts}" if device_opts else ""), *extra]
+
+
 class Console:
     """The guest's shell on a serial chardev socket (QEMU is the server)."""
 
     def __init__(self, path: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        while True:
-            try:
-                self.sock.connect(path)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.sock = connect_unix(path, timeout)
         self.buf = b""
         self.transcript = bytearray()
         self.seq = 0

@@ -279,12 +279,19 @@ def test_virt_launcher_layer_puts_passt_first_in_path() -> None:
     module, func = SCRIPTS["passtcore-run"].split(":")
     assert f"from {module} import {func}" in wrapper
     assert os.access(DEPLOY / "virt-launcher/passt", os.X_OK)
+    # passt-repair (virt-handler's name for the helper) is passtcore-repair
+    assert "/stage/usr/bin/passt-repair" in text
+    repair = (DEPLOY / "virt-launcher/passt-repair").read_text()
+    module, func = SCRIPTS["passtcore-repair"].split(":")
+    assert f"from {module} import {func}" in repair
+    assert os.access(DEPLOY / "virt-launcher/passt-repair", os.X_OK)
     assert os.access(DEPLOY / "cni/kubevirt-passt-binding", os.X_OK)
     assert os.access(DEPLOY / "cni/install.sh", os.X_OK)
 
 
 def test_shell_scripts_parse() -> None:
-    for script in ("cni/install.sh", "cni/kubevirt-passt-binding", "virt-launcher/passt"):
+    for script in ("cni/install.sh", "cni/kubevirt-passt-binding", "virt-launcher/passt",
+                   "virt-launcher/passt-repair"):
         subprocess.run(["sh", "-n", str(DEPLOY / script)], check=True, timeout=10)
 
 

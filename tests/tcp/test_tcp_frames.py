@@ -350,11 +350,18 @@ def test_flow_limit_refuses_cleanly(server):
         h.close()
 
 
-def test_segment_without_flow_is_dropped_and_counted(h):
+def test_segment_without_flow_is_reset_and_counted(h):
+    """RFC 9293 3.10.7.1: a segment of no connection gets RST (seq = its ACK), so a
+    guest whose connection is gone (e.g. not carried by a migration) learns it at
+    once; a stray RST gets nothing."""
     g = Guest(h, 9)
     g.send("A", b"stray")
+    rst = h.new()
+    assert len(rst) == 1 and rst[0][TCP].flags == "RA", rst
+    assert rst[0][TCP].seq == g.ack and rst[0][TCP].ack == g.seq + len(b"stray")
+    g.send("R")
     assert not h.new()
-    assert h.ctx.counters.values.get("drop.tcp-no-flow") == 1
+    assert h.ctx.counters.values.get("drop.tcp-no-flow") == 2
 
 
 def test_ipv6_gateway_maps_to_loopback(h):

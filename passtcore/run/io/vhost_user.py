@@ -30,8 +30,15 @@ GUEST_CSUM, HOST_TSO4/6 and GUEST_TSO4/6: a guest at MTU 1500 then sends and
 takes 64 KiB TCP segments (the virtio-net header carries the GSO size,
 ``vnet.py``), so the daemon reads and writes 64 KiB per host socket call
 whatever the guest's MTU. A guest that does not ack them gets plain frames.
-Not yet: live migration (SET_DEVICE_STATE_FD answers "not offered") and
-zero-copy RX (frames are built in our slots and copied into guest memory).
+TCP host data is peeked straight into the guest's receive buffers
+(``push_direct``); everything else is built in our slots and copied.
+
+Live migration (../shared/docs/vhost-user.md section 3): LOG_ALL with a
+shared log (LOG_SHMFD), in which the virtqueue kernel marks every page it
+writes while QEMU copies the guest's memory; then DEVICE_STATE: on
+SET_DEVICE_STATE_FD we answer "no fd of ours" and stream the daemon's state
+into (source) or out of (target) QEMU's pipe at once, in passt's format
+(``run/migrate``); CHECK_DEVICE_STATE reports the result.
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ import select
 import socket
 import struct
 import time
+import traceback
 from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -80,14 +88,18 @@ F_HOST_TSO4 = 1 << 11       # the guest sends them
 F_HOST_TSO6 = 1 << 12
 OFFLOADS = F_CSUM | F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_HOST_TSO4 | F_HOST_TSO6
 F_MRG_RXBUF = 1 << 15
+F_LOG_ALL = 1 << 26         # dirty-page logging (live migration)
 F_INDIRECT_DESC = 1 << 28
 F_EVENT_IDX = 1 << 29
 F_PROTOCOL_FEATURES = 1 << 30
 F_VERSION_1 = 1 << 32
 FEATURES = (F_VERSION_1 | F_MRG_RXBUF | F_INDIRECT_DESC | F_EVENT_IDX | F_PROTOCOL_FEATURES
-            | OFFLOADS)
+            | F_LOG_ALL | OFFLOADS)
+PROTOCOL_F_LOG_SHMFD = 1 << 1
 PROTOCOL_F_REPLY_ACK = 1 << 3
-PROTOCOL_FEATURES = PROTOCOL_F_REPLY_ACK
+PROTOCOL_F_DEVICE_STATE = 1 << 19
+PROTOCOL_FEATURES = PROTOCOL_F_REPLY_ACK | PROTOCOL_F_LOG_SHMFD | PROTOCOL_F_DEVICE_STATE
+STATE_SAVE, STATE_LOAD = 0, 1   # SET_DEVICE_STATE_FD directions; phase 0 (stopped) only
 NUM_QUEUES = 2
 RX, TX = 0, 1
 VRING_NOFD = 0x100
@@ -124,6 +136,14 @@ class Ring:
         self.queue: Any = None  # passtcore.virtq.Virtqueue, built on first use
 
 
+def _runs(ring: Ring) -> bool:
+    """Enabled, and started since it was last stopped (GET_VRING_BASE): a ring the
+    front end enables again before it has set it up anew (QEMU does, when a guest
+    resumes after a failed migration) is not used until its kick fd comes; the
+    base it sends with it would otherwise rewind over buffers used meanwhile."""
+    return ring.enabled and ring.started
+
+
 def _requeue(ring: Ring) -> None:
     """Drop a ring's queue (rebuilt over the new addresses or mappings on next use)
     but keep its place: the new queue starts from the last available index taken,
@@ -144,6 +164,11 @@ class Session:
         self.regions: list[tuple[int, int, int, int, int]] = []  # gpa, size, uva, offset, fd
         self.rings = [Ring() for _ in range(NUM_QUEUES)]
         self.dirty_memory = False   # a new table: the I/O half re-maps and rebuilds the queues
+        self.log: tuple[int, int, int] | None = None   # dirty log: size, offset, fd
+        self.log_call = -1          # eventfd for log updates (kept; QEMU polls the log)
+        self.dirty_log = False      # a new log: the I/O half maps it
+        self.state_request: tuple[int, int] | None = None   # direction, fd: run it now
+        self.state_result = -1      # CHECK_DEVICE_STATE: 0 ok, errno, -1 nothing ran
 
     def reply_ack(self) -> bool:
         return bool(self.protocol_features & PROTOCOL_F_REPLY_ACK)
@@ -185,8 +210,25 @@ class Session:
             return None, fds
         if request == SET_MEM_TABLE:
             return None, self._mem_table(payload, fds)
-        if request in (SET_LOG_BASE, SET_LOG_FD, SET_VRING_ERR, SEND_RARP):
-            return None, fds   # dirty logging is for migration (not offered); RARP: nothing to do
+        if request == SET_LOG_BASE:
+            if len(payload) != 16:
+                raise VhostError("vhost-bad-size")
+            if len(fds) != 1:
+                raise VhostError("vhost-bad-fds", "a log base needs exactly one fd")
+            size, offset = struct.unpack("<QQ", payload)
+            if not 0 < size <= 1 << 40 or offset > 1 << 48 or offset % mmap.PAGESIZE:
+                raise VhostError("vhost-bad-region", f"log of {size} bytes at {offset}")
+            old = [self.log[2]] if self.log else []
+            self.log, self.dirty_log = (size, offset, fds[0]), True
+            return struct.pack("<Q", 0), old
+        if request == SET_LOG_FD:
+            if len(fds) != 1:
+                raise VhostError("vhost-bad-fds", "a log fd message needs exactly one fd")
+            old = [self.log_call] if self.log_call >= 0 else []
+            self.log_call = fds[0]
+            return None, old
+        if request in (SET_VRING_ERR, SEND_RARP):
+            return None, fds   # RARP: nothing to announce (no switch learns our MAC)
         if request == SET_VRING_NUM:
             index, num = self._state(payload)
             if num == 0 or num > 32768 or num & (num - 1):
@@ -235,8 +277,20 @@ class Session:
             index, num = self._state(payload)
             self._ring(index).enabled = bool(num)
             return None, fds
-        if request in (SET_DEVICE_STATE_FD, CHECK_DEVICE_STATE):
-            raise VhostError("vhost-no-migration", "device state transfer is not offered")
+        if request == SET_DEVICE_STATE_FD:
+            direction, phase = self._state(payload)
+            if len(fds) != 1:
+                raise VhostError("vhost-bad-fds", "a device state message needs exactly one fd")
+            if direction not in (STATE_SAVE, STATE_LOAD) or phase != 0:
+                raise VhostError("vhost-bad-state-request",
+                                 f"device state direction {direction}, phase {phase}")
+            if self.state_request is not None:
+                fds = fds + [self.state_request[1]]
+            self.state_request = (direction, fds[0])
+            self.state_result = -1
+            return struct.pack("<Q", VRING_NOFD), fds[1:]   # no fd of ours: QEMU's pipe
+        if request == CHECK_DEVICE_STATE:
+            return struct.pack("<Q", self.state_result & 0xFFFFFFFFFFFFFFFF), fds
         raise VhostError("vhost-unknown-request", f"request {request}")
 
     @staticmethod
@@ -296,6 +350,15 @@ class VhostUserFrontend(Frontend):
                                         for i in range(self.nslots)])
         self._watched: dict[int, int] = {}   # kick fd -> ring index
         self._blocking_calls: set[int] = set()   # call fds in blocking mode (not QEMU's)
+        self._force_call: set[int] = set()       # rings whose next call is unconditional
+        self._call_fds = [-1] * NUM_QUEUES
+        # live migration: run/migrate/device.py's DeviceState (set by the daemon)
+        self.device_state: Any = None
+        self.on_rings_started: Callable[[], Any] | None = None
+        self.migrate_exit = False
+        self.log_map: mmap.mmap | None = None
+        self._saved = False         # our state went to a migration target
+        self._started = False       # _rings_started ran since the rings last stopped
 
     # -- connection ------------------------------------------------------------
     def start(self) -> None:
@@ -304,7 +367,7 @@ class VhostUserFrontend(Frontend):
     @property
     def connected(self) -> bool:
         ring = self.session.rings[RX]
-        return self.conn is not None and ring.enabled and self._queue(RX) is not None
+        return self.conn is not None and _runs(ring) and self._queue(RX) is not None
 
     def _accept(self) -> None:
         try:
@@ -340,6 +403,7 @@ class VhostUserFrontend(Frontend):
             log.info("vhost-user: waiting for a new connection")
 
     def _reset(self) -> None:
+        self._started = False
         for ring in self.session.rings:
             for fd in (ring.kick, ring.call):
                 if fd >= 0:
@@ -348,8 +412,14 @@ class VhostUserFrontend(Frontend):
             ring.kick = ring.call = -1
             ring.queue = None
         self._unmap()
-        for r in self.session.regions:
+        s = self.session
+        for r in s.regions:
             _close(r[4])
+        for fd in ([s.log[2]] if s.log else []) + [s.log_call] + (
+                [s.state_request[1]] if s.state_request else []):
+            if fd >= 0:
+                _close(fd)
+        self._unmap_log()
         self.session = Session()
 
     def close(self) -> None:
@@ -358,6 +428,8 @@ class VhostUserFrontend(Frontend):
             self.conn.close()
             self.conn = None
         self._reset()
+        if self.device_state is not None:
+            self.device_state.close()
 
     # -- control messages --------------------------------------------------------
     def _on_message(self) -> None:
@@ -426,6 +498,12 @@ class VhostUserFrontend(Frontend):
             s.dirty_memory = False
             if not self._map():
                 failed = True
+        if s.dirty_log:
+            s.dirty_log = False
+            if not self._map_log():
+                failed = True
+        if request in (SET_FEATURES, SET_MEM_TABLE, SET_LOG_BASE):
+            self._sync_log()
         if reply is not None:
             self._send(request, reply)
         elif flags & F_NEED_REPLY and s.reply_ack():
@@ -433,6 +511,112 @@ class VhostUserFrontend(Frontend):
         elif failed and request in (GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM,
                                     GET_VRING_BASE):
             self._send(request, struct.pack("<Q", 0))
+        elif failed and request in (SET_LOG_BASE, SET_DEVICE_STATE_FD, CHECK_DEVICE_STATE):
+            self._send(request, struct.pack("<Q", 1))   # always answered: 1, a failure
+        if s.state_request is not None:
+            self._transfer()
+        elif request == CHECK_DEVICE_STATE and self._saved and s.state_result == 0:
+            self._saved = False
+            if self.migrate_exit:
+                log.info("vhost-user: migration complete, exiting (--migrate-exit)")
+                self.on_exit()
+                return
+            log.info("vhost-user: migration complete")
+            self.one_off = False   # as passt: the source stays, in case the guest comes back
+        # the rings (re)start on the message that completes a set-up (QEMU ends each
+        # ring's with KICK, CALL, ENABLE), never half-way (NUM, ADDR: stale addresses)
+        if not self._rings_run():
+            self._started = False
+        elif not self._started and request in (SET_VRING_KICK, SET_VRING_CALL,
+                                               SET_VRING_ENABLE):
+            self._started = True
+            self._rings_started()
+
+    def _rings_run(self) -> bool:
+        """Both rings set up and running, by what the front end said (no queue is
+        built here: between the messages of a set-up the addresses may be stale)."""
+        return self.conn is not None and self.mem is not None and all(
+            _runs(r) and r.num and r.desc for r in self.session.rings)
+
+    def _rings_started(self) -> None:
+        """The rings run (first start, or again after a stop: a migration). An
+        interrupt or a kick in flight when they stopped was lost with its eventfd's
+        count (QEMU does not migrate it): a guest waiting for an interrupt past the
+        used index it asked for would wait for ever. So one interrupt each, spurious
+        at worst, and a look at the TX ring."""
+        for index in (RX, TX):
+            fd = self.session.rings[index].call
+            if fd >= 0 and (fd not in self._blocking_calls or _writable(fd)):
+                try:
+                    os.write(fd, b"\1\0\0\0\0\0\0\0")
+                except OSError:
+                    pass
+        self._tx()
+        if self.on_rings_started is not None:
+            self.on_rings_started()
+
+    # -- live migration -----------------------------------------------------------
+    def _transfer(self) -> None:
+        """The device state, now (QEMU reads or writes its end of the pipe as we go)."""
+        s = self.session
+        assert s.state_request is not None
+        direction, fd = s.state_request
+        s.state_request = None
+        what = "save" if direction == STATE_SAVE else "load"
+        log.info("vhost-user: migration: %s device state", what)
+        try:
+            if self.device_state is None:
+                s.state_result = errno.ENOTSUP
+            elif direction == STATE_SAVE:
+                s.state_result = self.device_state.save(fd)
+            else:
+                s.state_result = self.device_state.load(fd)
+        except Exception as exc:   # never the daemon: the migration fails, we go on
+            log.error("vhost-user: migration %s failed: %r at %s", what, exc,
+                      " <- ".join(f"{f.name}:{f.lineno}" for f in
+                                  reversed(traceback.extract_tb(exc.__traceback__))))
+            self.counters.inc("migrate_errors")
+            s.state_result = errno.EIO
+        finally:
+            _close(fd)
+        self._saved = direction == STATE_SAVE and s.state_result == 0
+        if s.state_result:
+            self.counters.drop(f"migrate-{what}-failed")
+        elif direction == STATE_LOAD and self._rings_run() and self.on_rings_started is not None:
+            self.on_rings_started()   # the rings already run: the restored flows go on now
+
+    def _unmap_log(self) -> None:
+        if self.mem is not None and hasattr(self.mem, "set_log"):
+            self.mem.set_log(None)
+        if self.log_map is not None:
+            try:
+                self.log_map.close()
+            except BufferError:
+                pass
+            self.log_map = None
+
+    def _map_log(self) -> bool:
+        self._unmap_log()
+        assert self.session.log is not None
+        size, offset, fd = self.session.log
+        try:
+            self.log_map = mmap.mmap(fd, size, mmap.MAP_SHARED,
+                                     mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
+        except (OSError, ValueError) as exc:
+            log.warning("vhost-user: can't map the dirty log: %s", exc)
+            self.counters.drop("vhost-bad-region")
+            return False
+        log.debug("vhost-user: dirty log of %d bytes mapped", size)
+        return True
+
+    def _sync_log(self) -> None:
+        """Log writes to guest memory while LOG_ALL is on and a log is mapped."""
+        if self.mem is None:
+            return
+        on = bool(self.session.features & F_LOG_ALL) and self.log_map is not None
+        if on != self.mem.logging:
+            self.mem.set_log(memoryview(self.log_map) if on else None)
+            log.info("vhost-user: dirty page logging %s", "on" if on else "off")
 
     def _send(self, request: int, payload: bytes) -> None:
         if self.conn is None:
@@ -482,6 +666,7 @@ class VhostUserFrontend(Frontend):
                 ring.queue = self.vq.Virtqueue(
                     self.mem, ring.num, ring.desc, ring.avail, ring.used,
                     event_idx=bool(self.session.features & F_EVENT_IDX), last_avail=ring.base)
+                self._force_call.add(index)
             except self.vq.VirtqError as exc:
                 log.warning("vhost-user: ring %d: %s", index, exc)
                 self.counters.drop("vhost-bad-ring")
@@ -510,6 +695,9 @@ class VhostUserFrontend(Frontend):
                     self._watched[fd] = index
             if ring.call >= 0 and os.get_blocking(ring.call):
                 self._blocking_calls.add(ring.call)
+            if ring.call != self._call_fds[index]:
+                self._call_fds[index] = ring.call
+                self._force_call.add(index)
         for fd in [fd for fd, i in self._watched.items() if self.session.rings[i].kick != fd]:
             self._unwatch(fd)
         return bad
@@ -537,7 +725,13 @@ class VhostUserFrontend(Frontend):
 
     def _call(self, index: int, q: Any) -> None:
         ring = self.session.rings[index]
-        if ring.call >= 0 and q.need_call():
+        if ring.call < 0:
+            return
+        # a new queue or call fd interrupts once whatever the guest asked: an
+        # interrupt in flight when the ring stopped (a migration) died with the old
+        # eventfd, and a guest waiting for it would never ask again
+        if q.need_call() or index in self._force_call:
+            self._force_call.discard(index)
             if ring.call in self._blocking_calls and not _writable(ring.call):
                 return   # the interrupt is lost, not the loop
             try:
@@ -549,7 +743,7 @@ class VhostUserFrontend(Frontend):
     def _tx(self) -> None:
         ring = self.session.rings[TX]
         q = self._queue(TX)
-        if q is None or not ring.enabled:
+        if q is None or not _runs(ring):
             return
         for _ in range(TX_ROUNDS):
             n = q.pop_tx(self.rview, self.offsets, self.lengths, TX_BATCH)
@@ -584,7 +778,7 @@ class VhostUserFrontend(Frontend):
         buffers, headers written in place (``FastPath.push_vq``): no copy through
         the slots. -1 when the slot path must decide (see push_vq)."""
         ring = self.session.rings[RX]
-        q = self._queue(RX) if self.conn is not None and ring.enabled else None
+        q = self._queue(RX) if self.conn is not None and _runs(ring) else None
         if q is None:
             return -1
         gso = c.mss if self.tso else 0
@@ -606,7 +800,7 @@ class VhostUserFrontend(Frontend):
 
     def _transmit(self, lengths: Sequence[int], gso_size: int = 0) -> int:
         ring = self.session.rings[RX]
-        q = self._queue(RX) if self.conn is not None and ring.enabled else None
+        q = self._queue(RX) if self.conn is not None and _runs(ring) else None
         n = len(lengths)
         if q is None:
             self.counters.drop("vhost-rx-not-ready", n)

@@ -195,6 +195,26 @@ def _run(opts: Any, early: tuple[Any, str] | None) -> int:
         raise FatalError(f"-t/-u auto: can't watch the ports of {opts.netns}: "
                          f"{exc.strerror or exc}") from None
 
+    if opts.vhost_user:
+        # live migration: the repair helper's socket is bound now, before isolation
+        from passtcore.run.migrate.device import DeviceState
+
+        # --repair-path none: no helper; the default (<socket>.repair) is given up
+        # with a warning when it cannot be bound (too long for a UNIX socket), as passt
+        explicit = opts.repair_path not in (None, "none")
+        repair = (opts.repair_path if explicit else None if opts.repair_path == "none"
+                  else f"{early[1]}.repair" if early is not None else None)
+        try:
+            frontend.device_state = DeviceState(ctx, repair, no_linger=opts.migrate_no_linger)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            if explicit:
+                raise FatalError(f"--repair-path: can't bind {repair}: {why}") from None
+            log.warning("passt-repair path %s not usable (%s): TCP connections will not "
+                        "survive a migration", repair, why)
+            frontend.device_state = DeviceState(ctx, None, no_linger=opts.migrate_no_linger)
+        frontend.on_rings_started = frontend.device_state.rings_started
+        frontend.migrate_exit = opts.migrate_exit
     watch = _netns_watch(opts)   # before --runas and isolation (see _netns_watch)
     isolation = os.environ.get("PASSTCORE_NO_ISOLATION") != "1"
     if isolation:   # modules, libseccomp: read while the files are still readable

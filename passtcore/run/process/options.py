@@ -50,6 +50,9 @@ TABLE: tuple[tuple[tuple[str, ...], str, bool, str, bool], ...] = (
     (("one-off",), "1", False, "one_off", True),
     (("vhost-user",), "", False, "vhost_user", True),
     (("print-capabilities",), "", False, "print_capabilities", True),
+    (("repair-path",), "", True, "repair_path", False),
+    (("migrate-exit",), "", False, "migrate_exit", True),
+    (("migrate-no-linger",), "", False, "migrate_no_linger", True),
     (("mtu",), "m", True, "mtu", False),
     (("address",), "a", True, "address", True),
     (("netmask",), "n", True, "netmask", False),
@@ -95,7 +98,10 @@ TABLE: tuple[tuple[tuple[str, ...], str, bool, str, bool], ...] = (
 
 _LONG = {name: row for row in TABLE for name in row[0]}
 _SHORT = {row[1]: row for row in TABLE if row[1]}
-PASST_ONLY = {"socket", "fd", "one_off", "no_dhcp_dns", "no_dhcp_search", "vhost_user"}
+PASST_ONLY = {"socket", "fd", "one_off", "no_dhcp_dns", "no_dhcp_search", "vhost_user",
+              "repair_path", "migrate_exit", "migrate_no_linger"}
+VHOST_USER_ONLY = {"repair_path": "--repair-path", "migrate_exit": "--migrate-exit",
+                   "migrate_no_linger": "--migrate-no-linger"}
 PASTA_ONLY = {"tcp_ns", "udp_ns", "ns_ifname", "userns", "netns_only", "no_netns_quit",
               "config_net", "ns_mac_addr", "dhcp_dns", "dhcp_search", "no_tap_offload"}
 
@@ -205,6 +211,8 @@ class Options:
         self.one_off = False
         self.vhost_user = False
         self.print_capabilities = False
+        self.repair_path: str | None = None   # None: <socket>.repair with --vhost-user
+        self.migrate_exit = self.migrate_no_linger = False
         self.mtu: int | None = None           # None: default 65520; 0: do not advertise
         self.addr4: bytes | None = None
         self.prefix4: int | None = None
@@ -396,7 +404,8 @@ def parse(argv: list[str]) -> Options:
                        "one_off", "ipv4_only", "ipv6_only", "no_dhcp_dns", "no_dhcp_search",
                        "no_tcp", "no_udp", "no_icmp", "no_dhcp", "no_ndp", "no_dhcpv6",
                        "no_ra", "no_map_gw", "netns_only", "no_netns_quit", "config_net",
-                       "no_tap_offload", "demo", "vhost_user", "print_capabilities"):
+                       "no_tap_offload", "demo", "vhost_user", "print_capabilities",
+                       "migrate_exit", "migrate_no_linger"):
                 setattr(o, key, True)
             elif key == "dhcp_dns":
                 o.no_dhcp_dns = False
@@ -404,7 +413,7 @@ def parse(argv: list[str]) -> Options:
                 o.no_dhcp_search = False
             continue
         v: str = value  # type: ignore[assignment]
-        if key in ("log_file", "pcap", "pid_file", "socket", "userns"):
+        if key in ("log_file", "pcap", "pid_file", "socket", "userns", "repair_path"):
             if not v:
                 raise OptionError(f"{written}: empty path")
             setattr(o, key, v)
@@ -471,6 +480,11 @@ def parse(argv: list[str]) -> Options:
         raise OptionError("-F/--fd and --vhost-user are mutually exclusive")
     if o.fd is not None:
         o.one_off = True
+    for key, written in VHOST_USER_ONLY.items():
+        if getattr(o, key) and not o.vhost_user:
+            raise OptionError(f"{written} is for vhost-user mode only: add --vhost-user")
+    if o.repair_path is not None and len(o.repair_path.encode()) >= 108:
+        raise OptionError(f"--repair-path: '{o.repair_path}' is too long for a UNIX socket")
     for v, written in addresses:
         raw, prefix = _guest_addr(v, written)
         attr = "addr4" if len(raw) == 4 else "addr6"
@@ -561,6 +575,14 @@ an inherited socket (-F), or a tap device in a network namespace (--netns).
   -1, --one-off          exit when the client disconnects
   --vhost-user           serve QEMU's vhost-user-net device on the socket (KubeVirt v1.6+)
   --print-capabilities   print the vhost-user back-end capabilities (JSON) and exit
+  --repair-path PATH     socket for the TCP_REPAIR helper, passtcore-repair or
+                         passt-repair (vhost-user; default: <socket>.repair;
+                         none: no helper, connections do not survive a migration)
+  --migrate-exit         the migration source exits once its state is sent
+                         (default: it keeps running, in case the guest comes back)
+  --migrate-no-linger    the source closes the sockets of migrated connections at
+                         once (default: kept, silent, until it exits; needed when
+                         source and target share a network namespace)
   -m, --mtu MTU          MTU for DHCP/RA (68..65535, 0 = none; default 65520)
   -a, --address ADDR     guest address (IPv4 and/or IPv6)
   -n, --netmask MASK     IPv4 netmask or prefix length

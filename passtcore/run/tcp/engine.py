@@ -23,6 +23,7 @@ from passtcore.run import nat
 from passtcore.run.flows import fastpath_enabled
 from passtcore.run.io import listeners
 from passtcore.run.io.frontend import SLOT_SIZE
+from passtcore.run.migrate import wire
 from passtcore.run.tcp import state as st
 from passtcore.run.tcp.state import (ACK, CLOSED, ESTABLISHED, FIN, M32, RST, SOCK_ACCEPTED,
                                      SOCK_FIN_RCVD, SOCK_FIN_SENT, SYN, TAP_FIN_ACKED,
@@ -125,6 +126,8 @@ class TcpEngine:
             options = st.sack_option(c, c.sack_recent)
         c.last_wnd = window
         c.ack_sent = c.seq_from_tap   # every segment we send acknowledges this far
+        if not window and flags == ACK and c.events & ESTABLISHED and not c.writing:
+            self._set_writing(c, True)   # a window update once the socket drains
         ctx = self.ctx
         slot = ctx.tx_slots(1)[0]
         n = self.h.build_tcp(slot, 0, ctx.guest_mac, self.conf.our_mac, c.raddr, c.gaddr,
@@ -247,7 +250,11 @@ class TcpEngine:
             if flags & (SYN | ACK | RST) == SYN:
                 self._guest_syn(info)
             else:
+                # RFC 9293 3.10.7.1: a segment of no connection gets a reset (a guest
+                # whose connection did not survive a migration learns it at once)
                 self.ctx.counters.drop("tcp-no-flow")
+                if not flags & RST:
+                    self._reply_rst(info)
             return
         c.last_activity = self._now()
         if flags & RST:
@@ -710,6 +717,8 @@ class TcpEngine:
             self._reset(c)
         elif kind == fp.EV_ACK:
             self._ack_later(c)
+        elif kind == fp.EV_WINDOW:
+            self._set_writing(c, True)   # _on_writable: the update, once there is room
 
     # -- host side -------------------------------------------------------------
     def _on_rx_space(self) -> None:
@@ -921,6 +930,128 @@ class TcpEngine:
                 # zero window, nothing in flight: probe so that a lost window update is repeated
                 c.stalled_since = now
                 self._ctrl(c, ACK, seq=(c.seq_to_tap - 1) & M32)
+
+    # -- live migration (run/migrate/device.py) ---------------------------------
+    sock_buf = SOCK_BUF
+
+    def migratable(self) -> list[Conn]:
+        """The connections a migration carries over (passt's: established ones)."""
+        return [c for c in self.flows.objects(self)
+                if c.events & ESTABLISHED and not c.events & CLOSED and c.sock is not None]
+
+    def transfer(self, c: Conn) -> wire.TcpTransfer:
+        """``c`` in passt's migration format (the guest side; the socket's own
+        state travels separately, see migrate/sockets.py)."""
+        s = c.sock
+        local, peer = s.getsockname(), s.getpeername()
+        host = wire.Side(nat.peer_bytes(s.family, local), nat.peer_bytes(s.family, peer),
+                         local[1], peer[1])
+        tap = wire.Side(c.raddr, c.gaddr, c.rport, c.gport)
+        inbound = local[1] in self.listeners.ports()
+        try:
+            sndbuf = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        except OSError:
+            sndbuf = 0
+        return wire.TcpTransfer(
+            (wire.PIF_HOST, wire.PIF_TAP) if inbound else (wire.PIF_TAP, wire.PIF_HOST),
+            (host, tap) if inbound else (tap, host),
+            retries=min(c.retries, 255), ws_from_tap=c.ws_from_tap, ws_to_tap=c.ws_to_tap,
+            events=wire.to_passt_events(c.events), tap_mss=c.mss,
+            sndbuf=min(sndbuf, 0xFFFFFFFF) >> 8,     # passt keeps it in 256-byte units
+            seq_dup_ack_approx=c.seq_from_tap & 0xFF,
+            wnd_from_tap=min(c.wnd_from_tap >> c.ws_from_tap, 0xFFFF),
+            wnd_to_tap=max(c.last_wnd, 0) & 0xFFFF,
+            seq_to_tap=c.seq_to_tap, seq_ack_from_tap=c.seq_ack_from_tap,
+            seq_from_tap=c.seq_from_tap,
+            seq_ack_to_tap=c.ack_sent if c.ack_sent >= 0 else c.seq_from_tap,
+            seq_init_from_tap=c.guest_isn)
+
+    def detach(self, c: Conn, close: bool) -> None:
+        """The connection leaves with the guest: out of the loop and the registry.
+        Its socket is in repair mode: kept (a rollback can bring it back) or
+        closed, which in repair mode sends the peer nothing."""
+        self._set_reading(c, False)
+        self._set_writing(c, False)
+        for group in (self.inflight, self.stalled, self.rx_blocked):
+            group.discard(c)
+        self.flows.remove(c.idx, c)
+        c.idx = -1
+        if close and c.sock is not None:
+            c.sock.close()
+            c.sock = None
+
+    def reattach(self, c: Conn) -> None:
+        """A detached connection comes back (the migration failed): its socket is
+        out of repair mode again."""
+        idx = self.flows.add(self, 6, c.gaddr, c.gport, c.raddr, c.rport, c, c.flow_timeout())
+        if idx < 0:
+            self.reset_lost(c)
+            return
+        c.idx = idx
+        self.wake(c)
+
+    def repair_socket(self, family: int) -> socket.socket:
+        """A socket for a migrated connection, sized before its queues are restored."""
+        s = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
+            except OSError:
+                pass
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return s
+
+    def adopt(self, t: wire.TcpTransfer, s: socket.socket) -> Conn | None:
+        """A connection restored on the migration target joins the engine; it
+        hears from us once the guest's rings run (``wake``)."""
+        tap = t.tap()
+        gaddr, raddr = wire.uninany(tap.eaddr), wire.uninany(tap.oaddr)
+        c = self._new_conn(4 if len(gaddr) == 4 else 6, gaddr, tap.eport, raddr, tap.oport, s,
+                           ESTABLISHED)
+        if c is None:
+            return None
+        c.events = wire.from_passt_events(t.events) | ESTABLISHED
+        c.ws_from_tap, c.ws_to_tap = t.ws_from_tap, t.ws_to_tap
+        c.mss = max(64, min(t.tap_mss, 65535 - 60) & ~3)
+        c.wnd_from_tap = min(t.wnd_from_tap << t.ws_from_tap, st.MAX_WINDOW)
+        c.seq_ack_from_tap, c.seq_from_tap = t.seq_ack_from_tap, t.seq_from_tap
+        c.guest_isn, c.ack_sent = t.seq_init_from_tap, t.seq_ack_to_tap
+        c.isn = (t.seq_ack_from_tap - 1) & M32
+        c.seq_to_tap = t.seq_to_tap
+        if c.events & TAP_FIN_SENT:
+            c.fin_seq = (t.seq_to_tap - 1) & M32
+        c.touched, c.touched_timeout = c.last_activity, c.flow_timeout()
+        self.flows.touch(c.idx, c.touched_timeout)
+        return c
+
+    def wake(self, c: Conn) -> None:
+        """After a move: an ACK (the guest learns our window), then everything the
+        guest has not acknowledged again, from the socket (where it still is)."""
+        if c.sock is None or c.events & CLOSED:
+            return
+        c.last_progress = self._now()
+        self._ctrl(c, ACK)
+        self.inflight.add(c)
+        self._rewind(c)
+
+    def ghost(self, t: wire.TcpTransfer) -> Conn:
+        """A connection that could not be restored, enough of it to reset."""
+        tap = t.tap()
+        c = Conn()
+        c.gaddr, c.raddr = wire.uninany(tap.eaddr), wire.uninany(tap.oaddr)
+        c.gport, c.rport, c.v = tap.eport, tap.oport, 4 if len(c.gaddr) == 4 else 6
+        c.seq_to_tap, c.seq_from_tap, c.events = t.seq_to_tap, t.seq_from_tap, ESTABLISHED
+        return c
+
+    def reset_lost(self, c: Conn) -> None:
+        """RST to the guest for a connection that did not survive a move."""
+        self._ctrl(c, RST | ACK, window=0)
+        self._count("tcp_rst_to_guest")
+        if c.idx >= 0:
+            self._free(c, abort=True)
+        elif c.sock is not None:
+            c.sock.close()
+            c.sock = None
 
     def close(self) -> None:
         for c in self.flows.objects(self):
