@@ -25,9 +25,9 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
-import time
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -171,12 +171,42 @@ def one(image: tuple[str, str], n: int) -> dict[str, Any]:
                 stop_process(p)
 
 
+def report(rows: list[dict[str, Any]]) -> None:
+    """Every run, then the medians by count against QEMU's own downtime (count 0)."""
+    print("| connections | QEMU downtime ms | QEMU total ms | stream's longest gap ms "
+          "| state bytes | save ms | load ms | idle alive |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        gap = r["stream_gap_ms"]
+        print(f"| {r['connections']} | {r['qemu_downtime_ms']} | {r['qemu_total_ms']} "
+              f"| {gap if gap is not None else ''} | {r['state_bytes']} | {r['save_ms']} "
+              f"| {r['load_ms']} | {r['idle_alive'] or ''} |")
+    by: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["connections"], []).append(r)
+    base = statistics.median(r["qemu_downtime_ms"] for r in by[0]) if 0 in by else None
+    print()
+    print("| connections (median of runs) | QEMU downtime ms | stream's longest gap ms "
+          "| gap / QEMU downtime with no state | save + load ms | per connection us |")
+    print("|---|---|---|---|---|---|")
+    for n, rs in sorted(by.items()):
+        down = statistics.median(r["qemu_downtime_ms"] for r in rs)
+        gaps = [r["stream_gap_ms"] for r in rs if r["stream_gap_ms"] is not None]
+        gap = statistics.median(gaps) if gaps else None
+        work = statistics.median(r["save_ms"] + r["load_ms"] for r in rs)
+        ratio = f"{gap / base:.2f}" if gap is not None and base else ""
+        per = f"{work * 1000 / n:.0f}" if n else ""
+        print(f"| {n} | {down:g} | {gap if gap is not None else ''} | {ratio} | {work:.1f} "
+              f"| {per} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--conns", default="0,1,100,1000",
                     help="connection counts, comma-separated (default 0,1,100,1000)")
     ap.add_argument("--rounds", type=int, default=1, help="runs per count (default 1)")
     ap.add_argument("--json", help="write the rows here too")
+    ap.add_argument("--from-json", metavar="FILE", help="print the tables of a saved run")
     args = ap.parse_args(argv)
     try:
         counts = [int(x) for x in args.conns.split(",")]
@@ -184,24 +214,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--conns: not a list of numbers: {args.conns}")
     if any(c < 0 or c > 4000 for c in counts):
         ap.error("--conns: 0 to 4000 connections")
-    from vm import bench_image
-    image = bench_image()
-    rows = []
-    for n in counts:
-        for _ in range(args.rounds):
-            rows.append(one(image, n))
-    base = next((r["qemu_downtime_ms"] for r in rows if r["connections"] == 0), None)
-    print("| connections | QEMU downtime ms | QEMU total ms | stream's longest gap ms "
-          "| gap / QEMU downtime at 0 | state bytes | save ms | load ms | idle alive |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        ratio = (f"{r['stream_gap_ms'] / base:.2f}" if base and r["stream_gap_ms"] is not None
-                 else "")
-        print(f"| {r['connections']} | {r['qemu_downtime_ms']} | {r['qemu_total_ms']} "
-              f"| {r['stream_gap_ms'] if r['stream_gap_ms'] is not None else ''} | {ratio} "
-              f"| {r['state_bytes']} | {r['save_ms']} | {r['load_ms']} "
-              f"| {r['idle_alive'] or ''} |")
-    if args.json:
+    if args.from_json:
+        with open(args.from_json) as f:
+            rows = json.load(f)
+    else:
+        from vm import bench_image
+        image = bench_image()
+        rows = [one(image, n) for n in counts for _ in range(args.rounds)]
+    report(rows)
+    if args.json and not args.from_json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     return 0

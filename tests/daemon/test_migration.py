@@ -41,6 +41,11 @@ pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 # passt (2025-02 or later) in a daemon's place, passt-repair as the source's helper
 UPSTREAM = os.environ.get("PASSTCORE_UPSTREAM_PASST")
 UPSTREAM_REPAIR = os.environ.get("PASSTCORE_UPSTREAM_PASST_REPAIR")
+# the device features upstream passt offers (not our offloads, EVENT_IDX, INDIRECT_DESC)
+PASST_FEATURES = ",".join(f"{f}=off" for f in ("csum", "guest_tso4", "guest_tso6", "host_tso4",
+                                               "host_tso6", "guest_ecn", "host_ecn",
+                                               "guest_ufo", "host_ufo", "event_idx",
+                                               "indirect_desc"))
 BULK = 100 << 20
 RATE = 24 << 20          # bytes/s each way: the streams take ~4 s, the migration ~1 s
 SRC_FWD, TGT_FWD = 8080, 8081
@@ -161,7 +166,7 @@ def _start_daemon(sb: Sandbox, upstream: str | None, name: str, sock: str | None
 def _start_pair(sb: Sandbox, image: tuple[str, str], repair: bool,
                 src_args: tuple[str, ...] = ("--migrate-exit", "--migrate-no-linger"),
                 tgt_args: tuple[str, ...] = (), upstream_src: str | None = None,
-                upstream_tgt: str | None = None):
+                upstream_tgt: str | None = None, device_opts: str = ""):
     """Source daemon + booted guest with its lease, target daemon + QEMU waiting
     (``upstream_*``: an upstream passt binary on that side)."""
     os.makedirs(sb.path("target"), exist_ok=True)
@@ -186,11 +191,11 @@ def _start_pair(sb: Sandbox, image: tuple[str, str], repair: bool,
         # ours: "TCP_REPAIR helper connected"; upstream passt: "Accepted TCP_REPAIR helper"
         wait_for(lambda: all(re.search("TCP_REPAIR helper connected|Accepted TCP_REPAIR helper",
                                        d.log()) for d in (src, tgt)), 20, "the repair helpers")
-    q1, con = boot(sb, image, src.socket_path,
+    q1, con = boot(sb, image, src.socket_path, device_opts=device_opts,
                    extra=("-qmp", f"unix:{sb.path('qmp-src')},server=on,wait=off"))
     rc, out = con.run("udhcpc -i eth0 -n -q -t 5 -T 2 -s /usr/share/udhcpc/default.script", 60)
     assert rc == 0 and "lease 192.0.2.2/24" in out, out + src.log()[-2000:]
-    q2 = start_qemu(sb, image, tgt.socket_path, "t", extra=(
+    q2 = start_qemu(sb, image, tgt.socket_path, "t", device_opts=device_opts, extra=(
         "-qmp", f"unix:{sb.path('qmp-tgt')},server=on,wait=off",
         "-incoming", f"tcp:127.0.0.1:{INCOMING}"))
     wait_for(lambda: f":{INCOMING} " in sb.host("ss", "-Htln").stdout, 30, "the target QEMU")
@@ -401,9 +406,14 @@ def test_migration_with_upstream_passt(sandbox: Sandbox, guest_image, direction:
     from passtcore to upstream passt and from upstream passt to passtcore."""
     sb = sandbox
     to_passt = direction == "passtcore-to-passt"
+    # QEMU migrates the guest's virtio features, and the target back end must offer
+    # them all: passt has none of our checksum/TSO offloads, EVENT_IDX or indirect
+    # descriptors, so towards passt the device runs without them (passt -> passtcore:
+    # we offer all of passt's)
     src, tgt, q1, q2, con, helpers = _start_pair(
         sb, guest_image, repair=True, upstream_src=None if to_passt else UPSTREAM,
-        upstream_tgt=UPSTREAM if to_passt else None)
+        upstream_tgt=UPSTREAM if to_passt else None,
+        device_opts=PASST_FEATURES if to_passt else "")
     peer = Peer(sb)
     con2 = None
     try:

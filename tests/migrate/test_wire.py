@@ -66,7 +66,7 @@ def test_transfer_layout_is_passts() -> None:
     assert d[0:2] == bytes([2, 1])                                  # pif[]
     assert d[2:18] == wire.V4MAPPED + bytes([192, 0, 2, 1])          # side[0].oaddr
     assert d[18:34] == wire.V4MAPPED + bytes([192, 0, 2, 2])         # side[0].eaddr
-    assert d[34:38] == struct.pack("!HH", 0x1F90, 0x9C40)            # oport, eport
+    assert d[34:38] == struct.pack("<HH", 0x1F90, 0x9C40)            # ports: host order
     assert d[38:54] == bytes(16) and d[54:70] == bytes(15) + b"\1"
     assert d[74:78] == bytes([3, 7, 8, 0x24])                        # retries .. events
     assert d[78:82] == struct.pack("!I", 1460) and d[82:86] == struct.pack("!I", 0xAABBCC)

@@ -127,6 +127,7 @@ class DeviceState:
             except RepairError as exc:
                 log.warning("migration: %s: TCP connections will be reset", exc)
                 helper = False
+        transfers = [tcp.transfer(c) for c in conns]
         # every socket frozen first, then each dumped: one peer's data cannot
         # get in while the others are being dumped
         dumps: list[tuple[wire.TcpTransferExt, bytes, bytes]] = []
@@ -134,13 +135,8 @@ class DeviceState:
             for c in conns:
                 sockets.freeze(c.sock)
             for c in conns:
-                try:
-                    dumps.append(sockets.dump(c.sock))
-                except (OSError, StateError) as exc:
-                    log.warning("migration: connection %s: can't dump the socket: %s",
-                                _name(c), exc)
-                    dumps.append((wire.TcpTransferExt(), b"", b""))
-            ends = [sockets.rcv_seq(c.sock) for c in conns]
+                dumps.append(self._dump(c))
+            ends = [sockets.rcv_seq(c.sock) if c.sock is not None else 0 for c in conns]
         else:
             dumps = [(wire.TcpTransferExt(), b"", b"")] * len(conns)
         try:
@@ -150,15 +146,16 @@ class DeviceState:
                 wire.inany(ctx.addr_ll_seen6 or bytes(16)),
                 ctx.addr_seen4 or bytes(4), ctx.guest_mac).pack())
             out.write(wire.COUNT.pack(len(conns)))
-            for c in conns:
-                out.write(tcp.transfer(c).pack())
+            for t in transfers:
+                out.write(t.pack())
             for ext, sndq, rcvq in dumps:
                 out.write(ext.pack() + sndq + rcvq)
             if helper:
                 # a frozen socket with nothing queued takes one more segment: had
                 # one come since its dump, the target would lack it (the peer
                 # saw it acknowledged). Fail instead: the guest stays here.
-                moved = [c for c, e in zip(conns, ends) if sockets.rcv_seq(c.sock) != e]
+                moved = [c for c, e in zip(conns, ends)
+                         if c.sock is not None and sockets.rcv_seq(c.sock) != e]
                 if moved:
                     raise StateError(f"data came in on {len(moved)} connections after "
                                      "their state was taken")
@@ -179,17 +176,44 @@ class DeviceState:
                  (time.monotonic() - start) * 1000)
         return 0
 
-    def _rollback_repair(self, conns: list[Any]) -> None:
-        """Sockets of a failed save back to normal: receive buffer, repair off."""
-        if conns and self.repair is not None:
-            for c in conns:
-                sockets.thaw(c.sock, self.tcp.sock_buf)
+    def _dump(self, c: Any) -> tuple[wire.TcpTransferExt, bytes, bytes]:
+        """One frozen socket's state. With --migrate-no-linger the socket closes
+        right after (in repair mode: the peer sees nothing), so that a target in
+        the same network namespace can connect the same 4-tuple as soon as it
+        reads the record; the dump is taken again if data came in meanwhile."""
+        skip = (wire.TcpTransferExt(), b"", b"")
+        for _ in range(4):
             try:
-                self.repair.set([c.sock for c in conns], REPAIR_OFF)
-            except RepairError as exc:
-                log.error("migration: can't turn repair mode off: %s; resetting", exc)
-                for c in conns:
-                    self.tcp.reset_lost(c)
+                before = sockets.rcv_seq(c.sock)
+                state = sockets.dump(c.sock)
+                if not self.no_linger:
+                    return state
+                if sockets.rcv_seq(c.sock) == before:
+                    self.tcp.detach(c, close=True)
+                    return state
+            except (OSError, StateError) as exc:
+                log.warning("migration: connection %s: can't dump the socket: %s",
+                            _name(c), exc)
+                return skip
+        log.warning("migration: connection %s: its queues kept moving", _name(c))
+        return skip
+
+    def _rollback_repair(self, conns: list[Any]) -> None:
+        """Sockets of a failed save back to normal: receive buffer, repair off;
+        those closed already (--migrate-no-linger) are reset to the guest."""
+        if self.repair is None:
+            return
+        live = [c for c in conns if c.sock is not None]
+        for c in live:
+            sockets.thaw(c.sock, self.tcp.sock_buf)
+        try:
+            self.repair.set([c.sock for c in live], REPAIR_OFF)
+        except RepairError as exc:
+            log.error("migration: can't turn repair mode off: %s; resetting", exc)
+            live = []
+        for c in conns:
+            if c not in live:
+                self.tcp.reset_lost(c)
 
     def rings_started(self) -> None:
         """The guest runs (again): after a save, here, the migration failed; after
@@ -232,7 +256,7 @@ class DeviceState:
             limit = self.ctx.flows.capacity
             if count > limit:
                 raise StateError(f"{count} TCP flows, more than the flow table holds")
-            flows = [wire.TcpTransfer.unpack(src.read(wire.TRANSFER.size))
+            flows = [wire.TcpTransfer.unpack(src.read(wire.TRANSFER_SIZE))
                      for _ in range(count)]
             exts = []
             for _ in range(count):

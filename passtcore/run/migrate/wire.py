@@ -2,13 +2,14 @@
 
 We speak upstream passt's encoding (migrate.c, flow.c, tcp.c of passt
 2025-02 and later) byte for byte, so that a guest can move between passt and
-passtcore in either direction. Everything is big-endian:
+passtcore in either direction. Everything is big-endian but the flows' ports:
 
     header         magic 0xB1BB1D1B0BB1D1B0 (u64), version (u32), compat (u32)
     addresses      guest IPv6, IPv6 link-local (16 + 16), IPv4 (4), MAC (6)
     count          u32: established TCP flows
     count x flow   ``TcpTransfer`` (112 bytes): per side pif and (our, endpoint)
-                   address and port; the guest-side TCP state
+                   address and port (ports little-endian, see SIDE); the
+                   guest-side TCP state
     count x ext    ``TcpTransferExt`` (52 bytes), then the send and receive
                    queue bytes it announces; ``tcpi_state`` 0 means "skip this
                    flow" (the source could not dump it: the target resets it)
@@ -28,10 +29,16 @@ VERSION = 2
 HEADER = struct.Struct("!QII")
 ADDRESSES = struct.Struct("!16s16s4s6s")
 COUNT = struct.Struct("!I")
-SIDE = struct.Struct("!16s16sHH")        # struct flowside: oaddr, eaddr, oport, eport
-TRANSFER = struct.Struct("!BB" + "16s16sHH" * 2 + "BBBBIIBBHHIIIII")
+# struct tcp_tap_transfer, in three parts: passt copies its struct flowside in
+# whole (memcpy), and keeps ports in host order there, so on the little-endian
+# machines passt and KubeVirt run on (x86-64, arm64) the ports are little-endian
+# while every other field is in network order
+PIFS = struct.Struct("!BB")
+SIDE = struct.Struct("<16s16sHH")        # struct flowside: oaddr, eaddr, oport, eport
+TCP_STATE = struct.Struct("!BBBBIIBBHHIIIII")
 EXT = struct.Struct("!IIIIIIIIIIIIBBBB")
-assert TRANSFER.size == 112 and EXT.size == 52
+TRANSFER_SIZE = PIFS.size + 2 * SIDE.size + TCP_STATE.size
+assert TRANSFER_SIZE == 112 and EXT.size == 52
 
 PIF_HOST, PIF_TAP = 1, 2
 QUEUE_MAX = 64 << 20          # passt's TCP_MIGRATE_{SND,RCV}_QUEUE_MAX
@@ -107,28 +114,30 @@ class TcpTransfer:
         a, b = self.side
         # passt keeps the MSS in 14 bits of 4-byte units (MSS_SET/MSS_GET)
         mss = (self.tap_mss >> 2) << 2
-        return TRANSFER.pack(self.pif[0], self.pif[1],
-                             inany(a.oaddr), inany(a.eaddr), a.oport, a.eport,
-                             inany(b.oaddr), inany(b.eaddr), b.oport, b.eport,
-                             self.retries, self.ws_from_tap, self.ws_to_tap, self.events,
-                             mss, self.sndbuf, self.flags, self.seq_dup_ack_approx & 0xFF,
-                             self.wnd_from_tap & 0xFFFF, self.wnd_to_tap & 0xFFFF,
-                             self.seq_to_tap, self.seq_ack_from_tap, self.seq_from_tap,
-                             self.seq_ack_to_tap, self.seq_init_from_tap)
+        return (PIFS.pack(*self.pif)
+                + b"".join(SIDE.pack(inany(x.oaddr), inany(x.eaddr), x.oport, x.eport)
+                           for x in (a, b))
+                + TCP_STATE.pack(self.retries, self.ws_from_tap, self.ws_to_tap, self.events,
+                                 mss, self.sndbuf, self.flags, self.seq_dup_ack_approx & 0xFF,
+                                 self.wnd_from_tap & 0xFFFF, self.wnd_to_tap & 0xFFFF,
+                                 self.seq_to_tap, self.seq_ack_from_tap, self.seq_from_tap,
+                                 self.seq_ack_to_tap, self.seq_init_from_tap))
 
     @classmethod
     def unpack(cls, data: bytes) -> TcpTransfer:
-        f = TRANSFER.unpack(data)
-        pif = (f[0], f[1])
+        if len(data) != TRANSFER_SIZE:
+            raise StateError(f"a TCP flow of {len(data)} bytes")
+        pif = PIFS.unpack_from(data)
         if sorted(pif) != [PIF_HOST, PIF_TAP]:
             raise StateError(f"a TCP flow between interfaces {pif[0]} and {pif[1]}")
-        sides = (Side(f[2], f[3], f[4], f[5]), Side(f[6], f[7], f[8], f[9]))
-        for s in sides:
-            if (s.oaddr[:12] == V4MAPPED) != (s.eaddr[:12] == V4MAPPED):
+        sides = tuple(Side(*SIDE.unpack_from(data, PIFS.size + k * SIDE.size)) for k in (0, 1))
+        for x in sides:
+            if (x.oaddr[:12] == V4MAPPED) != (x.eaddr[:12] == V4MAPPED):
                 raise StateError("a TCP flow side with both IPv4 and IPv6 addresses")
-        if f[11] > 14 or f[12] > 14:
-            raise StateError(f"window scale {max(f[11], f[12])}")
-        return cls(pif, sides, *f[10:])
+        f = TCP_STATE.unpack_from(data, PIFS.size + 2 * SIDE.size)
+        if f[1] > 14 or f[2] > 14:
+            raise StateError(f"window scale {max(f[1], f[2])}")
+        return cls(pif, sides, *f)
 
 
 @dataclasses.dataclass
