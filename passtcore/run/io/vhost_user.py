@@ -545,12 +545,7 @@ class VhostUserFrontend(Frontend):
         used index it asked for would wait for ever. So one interrupt each, spurious
         at worst, and a look at the TX ring."""
         for index in (RX, TX):
-            fd = self.session.rings[index].call
-            if fd >= 0 and (fd not in self._blocking_calls or _writable(fd)):
-                try:
-                    os.write(fd, b"\1\0\0\0\0\0\0\0")
-                except OSError:
-                    pass
+            self._interrupt(self.session.rings[index].call)
         self._tx()
         if self.on_rings_started is not None:
             self.on_rings_started()
@@ -732,12 +727,17 @@ class VhostUserFrontend(Frontend):
         # eventfd, and a guest waiting for it would never ask again
         if q.need_call() or index in self._force_call:
             self._force_call.discard(index)
-            if ring.call in self._blocking_calls and not _writable(ring.call):
-                return   # the interrupt is lost, not the loop
-            try:
-                os.write(ring.call, b"\1\0\0\0\0\0\0\0")
-            except OSError:
-                pass
+            self._interrupt(ring.call)
+
+    def _interrupt(self, fd: int) -> None:
+        """Signal a call eventfd (-1: none). One the front end left blocking is
+        polled first: when it is full the interrupt is lost, not the loop."""
+        if fd < 0 or (fd in self._blocking_calls and not _writable(fd)):
+            return
+        try:
+            os.write(fd, b"\1\0\0\0\0\0\0\0")
+        except OSError:
+            pass
 
     # -- guest -> host ----------------------------------------------------------------
     def _tx(self) -> None:

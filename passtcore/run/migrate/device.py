@@ -105,6 +105,26 @@ class DeviceState:
             self.ctx.loop.remove_reader(self.repair.fileno())
             self.repair.close()
 
+    def _repair_on(self, socks: list[socket.socket]) -> bool:
+        """Repair mode on for ``socks`` (both sides of a migration): whether the
+        helper took them; if not, their connections are reset, and the log says why."""
+        if not socks:
+            return False
+        why = ""
+        if self.repair is None:
+            why = "no --repair-path"
+        elif not self.repair.wait():
+            why = f"no TCP_REPAIR helper connected ({self.repair.path})"
+        else:
+            try:
+                self.repair.set(socks, REPAIR_ON)
+                return True
+            except RepairError as exc:
+                why = str(exc)
+        log.warning("migration: %s: %d TCP connections cannot move and are reset", why,
+                    len(socks))
+        return False
+
     # -- source -------------------------------------------------------------
     def save(self, fd: int) -> int:
         start = time.monotonic()
@@ -116,17 +136,7 @@ class DeviceState:
             engine = ctx.engines.get(name)
             if engine is not None:
                 self._count(f"migrate_{name}_flows_dropped", len(ctx.flows.objects(engine)))
-        helper = bool(conns) and self.repair is not None and self.repair.wait()
-        if conns and not helper:
-            log.warning("migration: no TCP_REPAIR helper connected (%s): %d TCP "
-                        "connections cannot move and will be reset",
-                        self.repair.path if self.repair else "no --repair-path", len(conns))
-        if helper:
-            try:
-                self.repair.set([c.sock for c in conns], REPAIR_ON)
-            except RepairError as exc:
-                log.warning("migration: %s: TCP connections will be reset", exc)
-                helper = False
+        helper = self._repair_on([c.sock for c in conns])
         transfers = [tcp.transfer(c) for c in conns]
         # every socket frozen first, then each dumped: one peer's data cannot
         # get in while the others are being dumped
@@ -303,16 +313,7 @@ class DeviceState:
                 except OSError as exc:
                     log.warning("migration: socket(): %s", exc)
         live = [j for j in jobs if j.sock is not None]
-        helper = bool(live) and self.repair is not None and self.repair.wait()
-        if live and not helper:
-            log.warning("migration: no TCP_REPAIR helper connected: %d TCP connections "
-                        "are reset", len(live))
-        if helper:
-            try:
-                self.repair.set([j.sock for j in live], REPAIR_ON)
-            except RepairError as exc:
-                log.warning("migration: %s: TCP connections are reset", exc)
-                helper = False
+        helper = self._repair_on([j.sock for j in live])
         if not helper:
             _drop(live)
             live = []
