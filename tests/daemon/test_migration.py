@@ -210,6 +210,16 @@ def _migrate(sb: Sandbox) -> dict[str, Any]:
         qmp.close()
 
 
+def _stop(procs: list[subprocess.Popen[Any]], consoles: list[Any]) -> None:
+    """What a migration test started, even after a failure: the guest consoles,
+    then the processes (peers, helpers, QEMUs, upstream daemons)."""
+    for con in consoles:
+        if con is not None:
+            con.close()
+    for p in procs:
+        stop_process(p)
+
+
 def _final_counters(d: Any) -> dict[str, int]:
     """The counters an exited daemon logged on its way out."""
     lines = [ln for ln in d.log().splitlines() if "counters:" in ln]
@@ -250,6 +260,17 @@ def _guest_streams(con: Any) -> None:
     for cmd in cmds:
         rc, out = con.run(cmd)
         assert rc == 0, out
+    # the host connects to the forwarded port next: the guest's nc must listen by then
+    # (a loaded machine starts it late, and the guest would reset that connection)
+    wait_for(lambda: _guest_listens(con, SRC_FWD), 20, f"the guest's listener on {SRC_FWD}",
+             interval=0.1)
+
+
+def _guest_listens(con: Any, port: int) -> bool:
+    """``port`` in LISTEN (state 0A) in the guest's /proc/net/tcp or tcp6."""
+    rc, out = con.run("cat /proc/net/tcp /proc/net/tcp6")
+    return any(f[1].endswith(f":{port:04X}") and f[3] == "0A"
+               for f in (line.split() for line in out.splitlines()) if len(f) > 3)
 
 
 def _all_three_go_on(peer: Peer, con: Any, n: int) -> dict[str, Any]:
@@ -304,13 +325,7 @@ def test_tcp_connections_survive_a_live_migration(sandbox: Sandbox, guest_image)
               f"ms; longest stall: host->guest {st['send_stall']:.3f} s, guest->host "
               f"{st['recv_stall']:.3f} s")
     finally:
-        for p in [peer.proc, *helpers]:
-            stop_process(p)
-        if con2 is not None:
-            con2.close()
-        con.close()
-        stop_process(q1)
-        stop_process(q2)
+        _stop([peer.proc, *helpers, q1, q2], [con, con2])
 
 
 def test_without_the_repair_helper_connections_are_reset(sandbox: Sandbox,
@@ -358,12 +373,7 @@ def test_without_the_repair_helper_connections_are_reset(sandbox: Sandbox,
         print(f"\nwithout repair: migration {info.get('total-time')} ms, guest's connections "
               f"reset within {elapsed:.1f} s")
     finally:
-        stop_process(peer.proc)
-        if con2 is not None:
-            con2.close()
-        con.close()
-        stop_process(q1)
-        stop_process(q2)
+        _stop([peer.proc, q1, q2], [con, con2])
 
 
 def test_a_failed_migration_leaves_everything_on_the_source(sandbox: Sandbox,
@@ -390,12 +400,7 @@ def test_a_failed_migration_leaves_everything_on_the_source(sandbox: Sandbox,
         assert c.get("migrate_rollbacks") == 1 and c.get("tcp_rst_to_guest", 0) == 0, c
         assert _rst_count(sb, "src.pcap") == 0
     finally:
-        for p in [peer.proc, *helpers]:
-            stop_process(p)
-        con.close()
-        stop_process(q1)
-        stop_process(q2)
-
+        _stop([peer.proc, *helpers, q1, q2], [con])
 
 
 @pytest.mark.skipif(not UPSTREAM, reason="PASSTCORE_UPSTREAM_PASST=path/to/passt (an upstream "
@@ -431,13 +436,5 @@ def test_migration_with_upstream_passt(sandbox: Sandbox, guest_image, direction:
         print(f"\n{direction}: downtime {info.get('downtime')} ms; longest stall: host->guest "
               f"{st['send_stall']:.3f} s, guest->host {st['recv_stall']:.3f} s")
     finally:
-        for p in [peer.proc, *helpers]:
-            stop_process(p)
-        if con2 is not None:
-            con2.close()
-        con.close()
-        stop_process(q1)
-        stop_process(q2)
-        for d in (src, tgt):
-            if isinstance(d, UpstreamPasst):
-                stop_process(d.proc)
+        _stop([peer.proc, *helpers, q1, q2,
+               *(d.proc for d in (src, tgt) if isinstance(d, UpstreamPasst))], [con, con2])
